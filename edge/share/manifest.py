@@ -1,0 +1,243 @@
+"""What an approved request delivers: the clip file and its signed manifest.
+
+Spec: ../shared/spec/assist-request-v1.md, "What an approved request delivers".
+Each delivery has a fresh random id ``D``; the clip is ``D.mp4``, or
+``D.mp4.age`` when the request names an age ``recipient``, and the manifest is
+``D.manifest.jws``: a compact JWS (RFC 7515) signed with the camera's Ed25519
+key (RFC 8037, ``"alg": "EdDSA"``), whose ``file`` claim binds the exact bytes
+uploaded (size and SHA-256).
+
+Nothing here writes plaintext anywhere: ``encrypt_clip`` streams plaintext in
+and ciphertext out; ``digest_clip`` only reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import pyrage
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+MANIFEST_HEADER: dict[str, str] = {"alg": "EdDSA", "typ": "clip-manifest+jwt"}
+CLIP_SUFFIX = ".mp4"
+ENCRYPTED_CLIP_SUFFIX = ".mp4.age"
+MANIFEST_SUFFIX = ".manifest.jws"
+
+_READ_BLOCK_BYTES = 256 * 1024  # bounded reads: memory stays flat in the clip's length
+
+# RFC 3339 date-time with an offset; fractional seconds allowed; T/Z in either case.
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+def new_delivery_id() -> str:
+    """A fresh random delivery id (UUID 4, canonical text): says nothing about the camera."""
+    return str(uuid.uuid4())
+
+
+def clip_file_name(delivery_id: str, *, encrypted: bool) -> str:
+    _check_delivery_id(delivery_id)
+    return delivery_id + (ENCRYPTED_CLIP_SUFFIX if encrypted else CLIP_SUFFIX)
+
+
+def manifest_file_name(delivery_id: str) -> str:
+    _check_delivery_id(delivery_id)
+    return delivery_id + MANIFEST_SUFFIX
+
+
+def _check_delivery_id(delivery_id: str) -> None:
+    try:
+        canonical = str(uuid.UUID(delivery_id))
+    except ValueError:
+        raise ValueError(f"delivery id is not a UUID: {delivery_id!r}") from None
+    if canonical != delivery_id:
+        raise ValueError(f"delivery id is not a UUID in canonical form: {delivery_id!r}")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """An RFC 3339 date-time with its offset, as an aware datetime; ValueError otherwise."""
+    if not isinstance(text, str) or not _RFC3339.fullmatch(text):
+        raise ValueError(f"not an RFC 3339 date-time with an offset: {text!r}")
+    normalised = text.upper()
+    # fromisoformat takes at most 6 fractional digits; RFC 3339 allows any number.
+    match = re.fullmatch(r"(.*?\.\d{6})\d+(.*)", normalised)
+    if match:
+        normalised = match.group(1) + match.group(2)
+    return datetime.fromisoformat(normalised)
+
+
+def format_rfc3339_ms(timestamp_ms: int) -> str:
+    """A capture time (ms since the Unix epoch) as RFC 3339 UTC with milliseconds."""
+    moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A time window as RFC 3339 strings, kept exactly as given (the request's own text)."""
+
+    start: str
+    end: str
+
+    def __post_init__(self) -> None:
+        if parse_rfc3339(self.start) > parse_rfc3339(self.end):
+            raise ValueError(f"window starts after it ends: {self.start} > {self.end}")
+
+    @classmethod
+    def from_ms(cls, start_ms: int, end_ms: int) -> Window:
+        return cls(format_rfc3339_ms(start_ms), format_rfc3339_ms(end_ms))
+
+    def contains(self, other: Window) -> bool:
+        return parse_rfc3339(self.start) <= parse_rfc3339(other.start) and parse_rfc3339(
+            other.end
+        ) <= parse_rfc3339(self.end)
+
+    def to_claim(self) -> dict[str, str]:
+        return {"start": self.start, "end": self.end}
+
+
+@dataclass(frozen=True, slots=True)
+class FileDigest:
+    """A delivered file as uploaded: its name, size and SHA-256 (hex)."""
+
+    name: str
+    size: int
+    sha256: str
+
+    def to_claim(self) -> dict[str, Any]:
+        return {"name": self.name, "size": self.size, "sha256": self.sha256}
+
+
+class _HashingWriter:
+    """Passes bytes on to ``out`` while counting and hashing them."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._out.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def parse_recipient(recipient: str) -> pyrage.x25519.Recipient:
+    """The request's ``recipient`` as an age X25519 recipient; ValueError otherwise."""
+    if not isinstance(recipient, str) or not recipient.startswith("age1"):
+        raise ValueError("recipient is not an age X25519 recipient (age1…)")
+    try:
+        return pyrage.x25519.Recipient.from_str(recipient)
+    except pyrage.RecipientError as error:
+        raise ValueError(f"recipient is not an age X25519 recipient: {error}") from None
+
+
+def encrypt_clip(
+    plaintext: IO[bytes], recipient: str, out: IO[bytes], *, delivery_id: str
+) -> FileDigest:
+    """Age-encrypts the clip to the request's recipient alone, streaming.
+
+    Reads ``plaintext`` to its end and writes the ciphertext to ``out`` (which
+    may be a file: only ciphertext reaches it). Returns the digest of the
+    ciphertext, the bytes the manifest describes and the upload sends.
+    """
+    parsed = parse_recipient(recipient)
+    writer = _HashingWriter(out)
+    try:
+        pyrage.encrypt_io(plaintext, writer, [parsed])
+    except pyrage.EncryptError as error:
+        raise ValueError(f"age encryption failed: {error}") from error
+    writer.flush()
+    return FileDigest(clip_file_name(delivery_id, encrypted=True), writer.size, writer.hexdigest())
+
+
+def digest_clip(plaintext: IO[bytes], *, delivery_id: str) -> FileDigest:
+    """The digest of an unencrypted clip (``D.mp4``), read in bounded blocks."""
+    digest = hashlib.sha256()
+    size = 0
+    while block := plaintext.read(_READ_BLOCK_BYTES):
+        digest.update(block)
+        size += len(block)
+    return FileDigest(clip_file_name(delivery_id, encrypted=False), size, digest.hexdigest())
+
+
+def device_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
+    """The camera's public key as an Ed25519 OKP JWK (RFC 8037)."""
+    raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+
+
+def manifest_claims(
+    *,
+    request_id: str,
+    issuer: str,
+    device_key: Ed25519PublicKey,
+    window_requested: Window,
+    window_approved: Window,
+    window_delivered: Window,
+    clock_synced: bool,
+    clip: FileDigest,
+    approved_at_s: int,
+    issued_at_s: int,
+) -> dict[str, Any]:
+    """The manifest's claims, every one the spec lists, in its order."""
+    if not window_requested.contains(window_approved):
+        raise ValueError("the approved window is not inside the requested one")
+    if not clip.name.endswith((CLIP_SUFFIX, ENCRYPTED_CLIP_SUFFIX)):
+        raise ValueError(f"not a clip file name: {clip.name!r}")
+    if clip.size < 0 or not re.fullmatch(r"[0-9a-f]{64}", clip.sha256):
+        raise ValueError("clip digest is not a size and a SHA-256 in lower-case hex")
+    for name, value in (("approved_at_s", approved_at_s), ("issued_at_s", issued_at_s)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative whole number of seconds")
+    return {
+        "jti": request_id,
+        "iss": issuer,
+        "device": device_jwk(device_key),
+        "window_requested": window_requested.to_claim(),
+        "window_approved": window_approved.to_claim(),
+        "window_delivered": window_delivered.to_claim(),
+        "clock_synced": bool(clock_synced),
+        "file": clip.to_claim(),
+        "approved_at": approved_at_s,
+        "iat": issued_at_s,
+    }
+
+
+def sign_manifest(claims: dict[str, Any], device_private_key: Ed25519PrivateKey) -> str:
+    """The manifest as a compact JWS, header ``{"alg":"EdDSA","typ":"clip-manifest+jwt"}``."""
+    return _sign_compact(MANIFEST_HEADER, claims, device_private_key)
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _json_bytes(value: dict[str, Any]) -> bytes:
+    # Compact UTF-8 JSON; allow_nan=False keeps it I-JSON (RFC 7493).
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _sign_compact(header: dict[str, Any], claims: dict[str, Any], key: Ed25519PrivateKey) -> str:
+    # RFC 7515 section 7.1: BASE64URL(header) "." BASE64URL(payload) "." BASE64URL(signature),
+    # the signature over the ASCII of the first two parts (RFC 8037: plain Ed25519).
+    signing_input = _b64url(_json_bytes(header)) + "." + _b64url(_json_bytes(claims))
+    signature = key.sign(signing_input.encode("ascii"))
+    return signing_input + "." + _b64url(signature)
