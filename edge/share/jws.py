@@ -1,0 +1,235 @@
+"""Strict compact JWS (RFC 7515) with Ed25519 only, and the I-JSON parser it rests on.
+
+JOSE libraries are lenient where the wire spec is strict (one accepted a header
+with ``typ`` twice), so this is a few lines of our own: three unpadded base64url
+parts, an I-JSON header (RFC 7493), ``alg`` exactly ``EdDSA`` or ``Ed25519``,
+``typ`` exactly as the caller requires, no ``crit``. Signatures are checked with
+``cryptography``'s ``Ed25519PublicKey.verify`` and nothing else: no code path
+here can be talked into another algorithm, because there is no other.
+
+Parsing and verifying are separate steps on purpose: the wire spec orders its
+checks (every header before any signature, a signature before its claims), and
+the verifier needs to run them in that order.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+ALLOWED_ALGS = frozenset({"EdDSA", "Ed25519"})  # RFC 8037 and its fully specified name (RFC 9864)
+MAX_JSON_DEPTH = 32  # I-JSON lets a receiver refuse deeper nesting; the spec says 32
+# I-JSON: no number of greater magnitude than an IEEE 754 double. 309 digits is the
+# first integer length beyond it; checking the length first also keeps Python's
+# int() from raising on its 4,300-digit limit.
+_MAX_INT_DIGITS = 309
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class JwsError(ValueError):
+    """A compact JWS is malformed or has a header the spec refuses (``bad_alg``)."""
+
+
+class IJsonError(ValueError):
+    """Bytes are not an I-JSON text (RFC 7493) within our nesting limit."""
+
+
+# --- base64url ---------------------------------------------------------------
+
+
+def b64url_encode(data: bytes) -> str:
+    """Unpadded base64url, as JWS and JWK use it."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    """Strict unpadded base64url: alphabet ``A-Za-z0-9-_`` only, no ``=``, and the
+    canonical encoding (unused trailing bits zero, RFC 4648 section 3.5), so one
+    byte string has exactly one text form. Raises ``ValueError``."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    try:
+        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
+        raise ValueError("not unpadded base64url") from exc
+    if b64url_encode(data) != text:
+        raise ValueError("non-canonical base64url (trailing bits set)")
+    return data
+
+
+# --- I-JSON ------------------------------------------------------------------
+
+
+def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise IJsonError(f"duplicate member name {name[:40]!r}")
+        result[name] = value
+    return result
+
+
+def _reject_constant(name: str) -> Any:
+    raise IJsonError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 parses as inf: beyond a double, not I-JSON
+        raise IJsonError("number beyond the range of a double")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) >= _MAX_INT_DIGITS:
+        raise IJsonError("number beyond the range of a double")
+    return int(text)
+
+
+def _check_tree(value: Any, max_depth: int) -> None:
+    """No lone surrogate in any string or member name; nesting at most max_depth.
+    Iterative, so hostile nesting cannot exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise IJsonError("lone surrogate in a string")
+        elif isinstance(item, dict):
+            if depth > max_depth:
+                raise IJsonError(f"nesting deeper than {max_depth}")
+            for name, member in item.items():
+                if _SURROGATE.search(name):
+                    raise IJsonError("lone surrogate in a member name")
+                stack.append((member, depth + 1))
+        elif isinstance(item, list):
+            if depth > max_depth:
+                raise IJsonError(f"nesting deeper than {max_depth}")
+            stack.extend((member, depth + 1) for member in item)
+
+
+def loads_ijson(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parses an I-JSON text: UTF-8 (no BOM), no duplicate member names, no
+    NaN/Infinity, no number beyond a double, no lone surrogates (escaped ones
+    included), nesting at most ``max_depth`` (the top value counts as 1).
+    Raises ``IJsonError``."""
+    try:
+        text = data.decode("utf-8")  # strict: encoded surrogates and overlongs fail here
+    except UnicodeDecodeError as exc:
+        raise IJsonError("not UTF-8") from exc
+    try:
+        value = json.loads(
+            text,
+            object_pairs_hook=_pairs_without_duplicates,
+            parse_constant=_reject_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
+    except IJsonError:
+        raise
+    except RecursionError as exc:  # nesting far past max_depth: json's C scanner gives up
+        raise IJsonError(f"nesting deeper than {max_depth}") from exc
+    except ValueError as exc:  # JSONDecodeError included (a BOM too)
+        raise IJsonError(f"not JSON: {exc}") from exc
+    _check_tree(value, max_depth)
+    return value
+
+
+# --- compact JWS -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompactJws:
+    """A compact JWS whose structure and header passed; signature not yet checked."""
+
+    header: dict[str, Any]
+    payload: bytes  # the decoded JWS payload (our claims, still unparsed)
+    signing_input: bytes  # ASCII(BASE64URL(header) '.' BASE64URL(payload))
+    signature: bytes
+
+    def verify(self, key: Ed25519PublicKey) -> bool:
+        """True iff the signature is a valid Ed25519 signature by ``key`` (RFC 8032
+        as OpenSSL checks it)."""
+        try:
+            key.verify(self.signature, self.signing_input)
+        except InvalidSignature:
+            return False
+        return True
+
+    def claims(self) -> dict[str, Any]:
+        """The payload as an I-JSON object. Raises ``IJsonError``."""
+        value = loads_ijson(self.payload)
+        if not isinstance(value, dict):
+            raise IJsonError("claims are not a JSON object")
+        return value
+
+
+def parse_compact(token: str, *, typ: str) -> CompactJws:
+    """Structure and header checks of one compact JWS, strictly: three parts of
+    unpadded base64url, the header an I-JSON object with ``alg`` exactly
+    ``EdDSA`` or ``Ed25519``, ``typ`` exactly ``typ`` (case included) and no
+    ``crit`` member. Other header members are ignored. Raises ``JwsError``."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise JwsError(f"{len(parts)} parts, not 3")
+    try:
+        header_bytes, payload, signature = (b64url_decode(part) for part in parts)
+    except ValueError as exc:
+        raise JwsError(str(exc)) from exc
+    try:
+        header = loads_ijson(header_bytes)
+    except IJsonError as exc:
+        raise JwsError(f"header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise JwsError("header is not a JSON object")
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in ALLOWED_ALGS:
+        raise JwsError(f"alg {_show(alg)} is not EdDSA or Ed25519")
+    if header.get("typ") != typ:
+        raise JwsError(f"typ {_show(header.get('typ'))} is not {typ!r}")
+    if "crit" in header:
+        raise JwsError("header has crit")
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    return CompactJws(header, payload, signing_input, signature)
+
+
+def sign_compact(header: Mapping[str, Any], claims: Any, private_key: Ed25519PrivateKey) -> str:
+    """Signs ``claims`` (any JSON value, usually a dict) with Ed25519 under
+    ``header`` (must say ``alg`` EdDSA or Ed25519) and returns the compact JWS.
+    Serialised as compact UTF-8 JSON; NaN/Infinity refused."""
+    if header.get("alg") not in ALLOWED_ALGS:
+        raise ValueError("header alg must be EdDSA or Ed25519")
+    header_b64 = b64url_encode(_compact_json(dict(header)))
+    claims_b64 = b64url_encode(_compact_json(claims))
+    return sign_raw(header_b64, claims_b64, private_key)
+
+
+def sign_raw(header_b64: str, payload_b64: str, private_key: Ed25519PrivateKey) -> str:
+    """Signs already-encoded parts as they are (tests use it to sign malformed
+    headers or claims: duplicate members, non-objects)."""
+    signing_input = f"{header_b64}.{payload_b64}".encode("ascii")
+    return f"{header_b64}.{payload_b64}.{b64url_encode(private_key.sign(signing_input))}"
+
+
+def _compact_json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+def _show(value: Any) -> str:
+    """A short, printable rendering of an untrusted value for error details."""
+    text = ascii(value)
+    return text if len(text) <= 40 else text[:37] + "..."
