@@ -185,7 +185,8 @@ class RecordingServer:
         if tls is not None:
             self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True)
             self.scheme = "https"
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
+        # A short poll interval so that shutdown() returns at once.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,),
                                         name="test-recording-server", daemon=True)
 
     @property
@@ -253,16 +254,17 @@ class RecordingServer:
                     published = self.published_by_last_handle()
                 except Reject as reject:
                     status, answer, error = reject.status, reject.body(), reject.error
+        # Recorded before answering, so a client that got its answer finds it recorded.
+        with self._cond:
+            self.received.append(Received(request.command, request.path, headers, body,
+                                          status, answer, published, error))
+            self._cond.notify_all()
         data = json.dumps(answer).encode() + b"\n" if answer is not None else b""
         request.send_response(status)
         request.send_header("Content-Type", "application/json")
         request.send_header("Content-Length", str(len(data)))
         request.end_headers()
         request.wfile.write(data)
-        with self._cond:
-            self.received.append(Received(request.command, request.path, headers, body,
-                                          status, answer, published, error))
-            self._cond.notify_all()
 
 
 class NtfyStandIn(RecordingServer):
