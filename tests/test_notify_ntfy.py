@@ -259,7 +259,7 @@ def test_an_answer_that_is_not_ntfys_is_an_error(token_file: Path) -> None:
 def test_unreachable_server_is_an_error_within_the_timeout(token_file: Path) -> None:
     with RecordingServer() as server:
         port = server.port
-    with pytest.raises(NotifyError, match="127.0.0.1"):
+    with pytest.raises(NotifyError, match=r"127\.0\.0\.1"):
         NtfyNotifier(f"http://127.0.0.1:{port}/porch-7f3a", token_file,
                      timeout_s=2).send(sample_prompt())
 
