@@ -516,12 +516,12 @@ class ConsoleNotifier:
     def render_box(self, title: str, body: str) -> str:
         """The box as text; ASCII when the stream cannot encode box-drawing characters."""
         inner = self._width - 4
-        lines = [title, ""]
-        for paragraph in body.split("\n"):
+        lines: list[str] = []
+        for paragraph in [title, "", *body.split("\n")]:
             lines.extend(textwrap.wrap(paragraph, inner, break_long_words=True,
                                        break_on_hyphens=False) or [""])
         top, side, bottom = "┌─┐", "│", "└─┘"
-        encoding = getattr(self._stream or sys.stdout, "encoding", None) or "ascii"
+        encoding = getattr(self._stream or sys.stdout, "encoding", None) or "utf-8"
         try:
             (top + side + bottom).encode(encoding)
         except (UnicodeEncodeError, LookupError):
