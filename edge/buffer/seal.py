@@ -1,0 +1,163 @@
+"""Sealing segments with age (age-encryption.org/v1, X25519 recipients, via pyrage).
+
+The sealed plaintext is the segment's own fragmented MP4 with one extra top-level
+box right after ``ftyp``: a ``uuid`` box holding the segment's metadata as JSON.
+MP4 readers skip ``uuid`` boxes they do not know, so an owner can run
+``age -d -i owner.key SEGMENT > seg.mp4`` and play ``seg.mp4`` as it is, and the
+metadata is authenticated together with the video by age's AEAD: the index row and
+the box are compared on every read, so a re-timed row or a swapped file shows.
+
+Only this module and edge/keys.py touch ciphers and keys.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import pyrage
+from pyrage import x25519
+
+from edge.buffer.segment import Segment, SegmentMeta
+
+# uuid box type for our metadata (random, fixed forever: readers look for it).
+META_BOX_UUID = bytes.fromhex("6d1f6f1e9c2a4b7e8d3e0c5a1b2f4e60")
+META_FORMAT_VERSION = 1
+MAX_META_JSON_BYTES = 4096
+MAX_SEGMENT_BYTES = 256 * 1024 * 1024  # 8 Mbit/s for 2 s is 2 MB; this bounds a mistake
+
+
+_T = TypeVar("_T")
+
+
+class SealedSegmentError(Exception):
+    """A sealed segment does not open, or what it holds is not a segment of ours."""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSegment:
+    meta: SegmentMeta
+    video_bytes: int  # size of the segment's MP4 as recorded (without the metadata box)
+    mp4: bytes  # the segment's MP4 as recorded, metadata box removed
+
+
+def seal_segment(segment: Segment, recipients: Sequence[x25519.Recipient]) -> bytes:
+    """Seal one segment (metadata box inserted after ``ftyp``) to all the recipients."""
+    if not recipients:
+        raise ValueError("at least one recipient is needed")
+    mp4 = segment.mp4
+    if not 0 < len(mp4) <= MAX_SEGMENT_BYTES:
+        raise ValueError(f"segment of {len(mp4)} bytes is out of bounds")
+    ftyp_end = _first_box_end(mp4, b"ftyp")
+    if ftyp_end is None:
+        raise ValueError("segment does not start with an ftyp box: not a fragmented MP4")
+    box = meta_box(segment.meta, len(mp4))
+    return pyrage.encrypt(b"".join((mp4[:ftyp_end], box, mp4[ftyp_end:])), list(recipients))
+
+
+def open_sealed(sealed: bytes, identities: Sequence[x25519.Identity]) -> OpenedSegment:
+    """Decrypt and take apart a sealed segment. Raises SealedSegmentError with the reason."""
+    try:
+        plaintext = pyrage.decrypt(sealed, list(identities))
+    except pyrage.DecryptError as error:
+        raise SealedSegmentError(f"does not decrypt ({error})") from None
+    ftyp_end = _first_box_end(plaintext, b"ftyp")
+    if ftyp_end is None:
+        raise SealedSegmentError("plaintext does not start with an ftyp box")
+    header = _box_header(plaintext, ftyp_end)
+    if header is None or header[0] != b"uuid":
+        raise SealedSegmentError("no metadata box after ftyp")
+    _, box_end, payload_start = header
+    if plaintext[payload_start : payload_start + 16] != META_BOX_UUID:
+        raise SealedSegmentError("the box after ftyp is not our metadata box")
+    meta, video_bytes = parse_meta_payload(plaintext[payload_start + 16 : box_end])
+    mp4 = plaintext[:ftyp_end] + plaintext[box_end:]
+    if len(mp4) != video_bytes:
+        raise SealedSegmentError(f"video is {len(mp4)} bytes but its metadata says {video_bytes}")
+    return OpenedSegment(meta=meta, video_bytes=video_bytes, mp4=mp4)
+
+
+def meta_box(meta: SegmentMeta, video_bytes: int) -> bytes:
+    payload = json.dumps(
+        {
+            "v": META_FORMAT_VERSION,
+            "camera": meta.camera,
+            "run_id": meta.run_id,
+            "sequence": meta.sequence,
+            "first_frame_ms": meta.first_frame_ms,
+            "last_frame_ms": meta.last_frame_ms,
+            "frame_count": meta.frame_count,
+            "clock_synced": meta.clock_synced,
+            "width": meta.width,
+            "height": meta.height,
+            "video_bytes": video_bytes,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    if len(payload) > MAX_META_JSON_BYTES:
+        raise ValueError("segment metadata too large (camera or run id too long?)")
+    return struct.pack(">I4s", 8 + 16 + len(payload), b"uuid") + META_BOX_UUID + payload
+
+
+def parse_meta_payload(payload: bytes) -> tuple[SegmentMeta, int]:
+    if len(payload) > MAX_META_JSON_BYTES:
+        raise SealedSegmentError("metadata box too large")
+    try:
+        fields = json.loads(payload)
+    except (UnicodeDecodeError, ValueError):
+        raise SealedSegmentError("metadata box is not JSON") from None
+    if not isinstance(fields, dict) or fields.get("v") != META_FORMAT_VERSION:
+        raise SealedSegmentError("metadata box has an unknown format version")
+    try:
+        meta = SegmentMeta(
+            camera=_typed(fields, "camera", str),
+            run_id=_typed(fields, "run_id", str),
+            sequence=_typed(fields, "sequence", int),
+            first_frame_ms=_typed(fields, "first_frame_ms", int),
+            last_frame_ms=_typed(fields, "last_frame_ms", int),
+            frame_count=_typed(fields, "frame_count", int),
+            clock_synced=_typed(fields, "clock_synced", bool),
+            width=_typed(fields, "width", int),
+            height=_typed(fields, "height", int),
+        )
+        video_bytes = _typed(fields, "video_bytes", int)
+    except (KeyError, TypeError) as error:
+        raise SealedSegmentError(f"metadata box field {error} missing or mistyped") from None
+    return meta, video_bytes
+
+
+def _typed(fields: dict[str, object], name: str, kind: type[_T]) -> _T:
+    value = fields[name]
+    # bool is an int subclass: keep the two apart both ways.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(name)
+    return value
+
+
+def _box_header(data: bytes, offset: int) -> tuple[bytes, int, int] | None:
+    """(type, end offset, payload offset) of the ISO-BMFF box at ``offset``, if well-formed."""
+    if offset + 8 > len(data):
+        return None
+    size, box_type = struct.unpack_from(">I4s", data, offset)
+    payload = offset + 8
+    if size == 1:  # 64-bit largesize follows the type
+        if offset + 16 > len(data):
+            return None
+        (size,) = struct.unpack_from(">Q", data, offset + 8)
+        payload = offset + 16
+    elif size == 0:  # box runs to the end of the file
+        size = len(data) - offset
+    if size < payload - offset or offset + size > len(data):
+        return None
+    return box_type, offset + size, payload
+
+
+def _first_box_end(data: bytes, expected_type: bytes) -> int | None:
+    header = _box_header(data, 0)
+    if header is None or header[0] != expected_type:
+        return None
+    return header[1]
