@@ -26,8 +26,8 @@ unnoticed, it says so in its error text ("stand-in:"):
 - a JSON field or action key the docs do not list is refused (ntfy's Go decoder
   silently drops it: a misspelt field would vanish without a word);
 - priority 0 is refused (the docs allow 1-5; ntfy treats 0 as "not set");
-- a message over 4,096 bytes, or not UTF-8, is refused (ntfy would turn it into a
-  file attachment, never what a prompt wants);
+- a message of 4,096 bytes or more, or not UTF-8, is refused (ntfy would turn it
+  into a file attachment, never what a prompt wants);
 - a tag containing a comma is refused (ntfy joins JSON tags with commas and
   splits them again, so it would become two tags).
 Not modelled: query-parameter publishing, RFC 2047 encoded headers, e-mail,
@@ -394,8 +394,8 @@ def parse_header_publish(path: str, headers: dict[str, str], body: bytes) -> dic
                 return headers[alias].strip()
         return None
 
-    if len(body) > MESSAGE_LIMIT_BYTES:
-        raise Reject(413, 41301, "stand-in: message over 4,096 bytes (ntfy would deliver "
+    if len(body) >= MESSAGE_LIMIT_BYTES:
+        raise Reject(413, 41301, "stand-in: message of 4,096 bytes or more (ntfy would deliver "
                      "it as a file attachment, not as notification text)")
     try:
         text = body.decode("utf-8")
@@ -483,8 +483,10 @@ def _check_action(action: Any) -> dict[str, Any]:
 def _check_message(message: dict[str, Any]) -> dict[str, Any]:
     """Limits from docs "Limitations", and the click URL."""
     text = message.get("message", "")
-    if len(text.encode()) > MESSAGE_LIMIT_BYTES:
-        raise Reject(413, 41301, "stand-in: message over 4,096 bytes (ntfy would deliver "
+    # server.go peeks 4,096 bytes; a body that fills them counts as over the limit
+    # (LimitReached = read == limit), and becomes an attachment.
+    if len(text.encode()) >= MESSAGE_LIMIT_BYTES:
+        raise Reject(413, 41301, "stand-in: message of 4,096 bytes or more (ntfy would deliver "
                      "it as a file attachment, not as notification text)")
     if len(message.get("title", "").encode()) > TITLE_LIMIT_BYTES:
         raise Reject(400, 40000, "invalid request: title too long (1 KB at most)")

@@ -137,7 +137,7 @@ def test_standin_header_publishing_with_priority_names_and_tags() -> None:
     ({"actions": [{"action": "http", "label": "X", "url": "https://a.example/",
                    "method": "GET", "body": "x"}]}, 400, 40018),
     ({"actions": [{"action": "dance", "label": "X"}]}, 400, 40018),
-    ({"message": "x" * 4097}, 413, 41301),
+    ({"message": "x" * 4096}, 413, 41301),  # a full 4,096-byte peek counts as over
     ({"click": "not a url"}, 400, 40000),
 ])
 def test_standin_refuses_what_the_docs_do_not_allow(change: dict[str, Any], status: int,

@@ -30,9 +30,11 @@ NoticeKind = Literal["delivered", "expired", "upload_failed"]
 AGENCY_KINDS: tuple[str, ...] = ("police", "fire", "other")
 NOTICE_KINDS: tuple[str, ...] = ("delivered", "expired", "upload_failed")
 
-# ntfy accepts up to 4,096 bytes of message; longer ones become attachments
-# (docs.ntfy.sh/publish, "Limitations"). Every body rendered here stays below it.
-MAX_BODY_BYTES = 4096
+# ntfy takes up to 4,096 bytes of message; longer ones become attachments
+# (docs.ntfy.sh/publish, "Limitations"). Its server peeks 4,096 bytes and treats
+# a body that fills them as over the limit (server.go, handlePublishBody), so a
+# rendered body stays well below: 4,000 bytes.
+MAX_BODY_BYTES = 4000
 # Shown on a phone: a long description is cut here; the review page shows it whole.
 DESCRIPTION_MAX_CHARS = 500
 TITLE_MAX_CHARS = 160
