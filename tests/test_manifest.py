@@ -1,7 +1,7 @@
 """The delivery package: names, the age-encrypted clip, and the signed manifest.
 
 The manifest is verified with joserfc, a JOSE library other than the code that
-signs it (edge signs with `cryptography` directly), the way an agency would.
+signs it (edge.share.jws over `cryptography`), the way an agency would.
 The encrypted clip is opened with the real `age` command-line tool.
 """
 

@@ -13,9 +13,7 @@ and ciphertext out; ``digest_clip`` only reads.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -28,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from edge.share.jws import b64url_encode, sign_compact
 
 MANIFEST_HEADER: dict[str, str] = {"alg": "EdDSA", "typ": "clip-manifest+jwt"}
 CLIP_SUFFIX = ".mp4"
@@ -181,7 +181,7 @@ def digest_clip(plaintext: IO[bytes], *, delivery_id: str) -> FileDigest:
 def device_jwk(public_key: Ed25519PublicKey) -> dict[str, str]:
     """The camera's public key as an Ed25519 OKP JWK (RFC 8037)."""
     raw = public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
-    return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+    return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
 
 
 def manifest_claims(
@@ -222,22 +222,6 @@ def manifest_claims(
 
 
 def sign_manifest(claims: dict[str, Any], device_private_key: Ed25519PrivateKey) -> str:
-    """The manifest as a compact JWS, header ``{"alg":"EdDSA","typ":"clip-manifest+jwt"}``."""
-    return _sign_compact(MANIFEST_HEADER, claims, device_private_key)
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _json_bytes(value: dict[str, Any]) -> bytes:
-    # Compact UTF-8 JSON; allow_nan=False keeps it I-JSON (RFC 7493).
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def _sign_compact(header: dict[str, Any], claims: dict[str, Any], key: Ed25519PrivateKey) -> str:
-    # RFC 7515 section 7.1: BASE64URL(header) "." BASE64URL(payload) "." BASE64URL(signature),
-    # the signature over the ASCII of the first two parts (RFC 8037: plain Ed25519).
-    signing_input = _b64url(_json_bytes(header)) + "." + _b64url(_json_bytes(claims))
-    signature = key.sign(signing_input.encode("ascii"))
-    return signing_input + "." + _b64url(signature)
+    """The manifest as a compact JWS, header ``{"alg":"EdDSA","typ":"clip-manifest+jwt"}``
+    (compact UTF-8 JSON, signed by the project's one JWS module)."""
+    return sign_compact(MANIFEST_HEADER, claims, device_private_key)
