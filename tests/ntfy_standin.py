@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 MESSAGE_LIMIT_BYTES = 4096  # docs: "Each message can be up to 4,096 bytes long"
@@ -197,7 +197,7 @@ class RecordingServer:
     def url(self) -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> RecordingServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 

@@ -22,8 +22,10 @@ from edge.share.prompt import (
 )
 
 
-def _ms(zone: str, *fields: int) -> int:
-    return int(datetime(*fields, tzinfo=ZoneInfo(zone)).timestamp() * 1000)  # type: ignore[misc]
+def _ms(zone: str, year: int, month: int, day: int, hour: int, minute: int,
+        second: int = 0) -> int:
+    moment = datetime(year, month, day, hour, minute, second, tzinfo=ZoneInfo(zone))
+    return int(moment.timestamp() * 1000)
 
 
 def test_title_names_the_kind_of_agency_and_the_request() -> None:
