@@ -21,7 +21,10 @@ ntfy (docs.ntfy.sh/publish, followed exactly):
   read from a file, never from the URL.
 
 Webhook (for Home Assistant and scripts): one JSON POST per prompt or notice;
-any 2xx answer is success, redirects are not followed. Schema, version 1::
+any 2xx answer is success, redirects are not followed. ``title``,
+``description``, ``case_ref`` and ``agency.name`` are the agency's text as
+signed (JSON-escaped, otherwise untouched); ``text`` holds the same prompt
+cleaned for display. Schema, version 1::
 
   {"version": 1, "event": "prompt",
    "request_id": "7",
