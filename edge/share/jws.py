@@ -37,7 +37,14 @@ MAX_JSON_DEPTH = 32  # I-JSON lets a receiver refuse deeper nesting; the spec sa
 _MAX_INT_DIGITS = 309
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
+_B64URL_VALUES = {
+    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+}
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Valid UTF-8 cannot carry a surrogate, so one can only come from a \uD800-\uDFFF
+# escape. Text without one needs no string-by-string check (a rare false alarm,
+# an escaped backslash before "ud8..", only costs the full check).
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class JwsError(ValueError):
@@ -62,13 +69,14 @@ def b64url_decode(text: str) -> bytes:
     byte string has exactly one text form. Raises ``ValueError``."""
     if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
         raise ValueError("not unpadded base64url")
+    # The last character of a 2- or 3-character group carries 4 or 2 unused bits.
+    unused_mask = (0, 0, 0xF, 0x3)[len(text) % 4]
+    if unused_mask and _B64URL_VALUES[text[-1]] & unused_mask:
+        raise ValueError("non-canonical base64url (trailing bits set)")
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
         raise ValueError("not unpadded base64url") from exc
-    if b64url_encode(data) != text:
-        raise ValueError("non-canonical base64url (trailing bits set)")
-    return data
 
 
 # --- I-JSON ------------------------------------------------------------------
@@ -100,26 +108,25 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def _check_tree(value: Any, max_depth: int) -> None:
-    """No lone surrogate in any string or member name; nesting at most max_depth.
-    Iterative, so hostile nesting cannot exhaust the stack."""
+def _check_tree(value: Any, max_depth: int, *, strings: bool) -> None:
+    """Nesting at most max_depth; if ``strings``, no lone surrogate in any string
+    or member name either. Iterative, so hostile nesting cannot exhaust the stack."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                raise IJsonError("lone surrogate in a string")
-        elif isinstance(item, dict):
+        if isinstance(item, dict):
             if depth > max_depth:
                 raise IJsonError(f"nesting deeper than {max_depth}")
             for name, member in item.items():
-                if _SURROGATE.search(name):
+                if strings and _SURROGATE.search(name):
                     raise IJsonError("lone surrogate in a member name")
                 stack.append((member, depth + 1))
         elif isinstance(item, list):
             if depth > max_depth:
                 raise IJsonError(f"nesting deeper than {max_depth}")
             stack.extend((member, depth + 1) for member in item)
+        elif strings and isinstance(item, str) and _SURROGATE.search(item):
+            raise IJsonError("lone surrogate in a string")
 
 
 def loads_ijson(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -145,7 +152,10 @@ def loads_ijson(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise IJsonError(f"nesting deeper than {max_depth}") from exc
     except ValueError as exc:  # JSONDecodeError included (a BOM too)
         raise IJsonError(f"not JSON: {exc}") from exc
-    _check_tree(value, max_depth)
+    strings = _SURROGATE_ESCAPE.search(text) is not None
+    # Fewer opening brackets than the limit cannot nest past it: skip the walk.
+    if strings or text.count("[") + text.count("{") > max_depth:
+        _check_tree(value, max_depth, strings=strings)
     return value
 
 
