@@ -19,11 +19,13 @@ import pytest
 
 from edge.clock import ManualClock, SystemClock
 from edge.share.audit import (
+    DROPPED_EVENT,
     FILE_START_EVENT,
     GENESIS_PREV,
     MAX_STRING_CHARS,
     OPENED_EVENT,
     TORN_REPAIRED_EVENT,
+    WRITE_FAILED_EVENT,
     AuditClosedError,
     AuditLockedError,
     AuditLog,
@@ -525,3 +527,53 @@ def test_a_writer_killed_mid_stream_leaves_a_log_that_verifies(tmp_path: Path) -
         log.append("received", n=-2, durable=True)
     result = verify(log_dir)
     assert result.ok and result.torn_tail is None and result.from_genesis
+
+
+_DISK_FULL_CHILD = """
+import json, resource, signal, sys
+from edge.clock import SystemClock
+from edge.share.audit import AuditLog, AuditWriteError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+log = AuditLog(sys.argv[1], SystemClock(), durable_timeout_s=5, max_pending=20).open()
+_soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))  # the "disk" fills up here
+failed_at = None
+for i in range(1000):
+    try:
+        log.append("received", durable=True, n=i, topic="edge/v1/req/c/2/3/n/b")
+    except AuditWriteError:
+        failed_at = i
+        break
+for i in range(1000, 1050):  # the disk is still full: 19 more fit in the queue, 31 do not
+    log.append("received", n=i)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again: the writer retries
+log.append("received", durable=True, n=-1)
+log.close()
+print(json.dumps({"failed_at": failed_at}))
+"""
+
+
+def test_a_full_disk_fails_durable_appends_then_recovers(tmp_path: Path) -> None:
+    log_dir = tmp_path / "audit"
+    done = subprocess.run(
+        [sys.executable, "-c", _DISK_FULL_CHILD, str(log_dir)],
+        capture_output=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    failed_at = json.loads(done.stdout)["failed_at"]
+    assert failed_at is not None  # the durable append said it was not on disk
+
+    result = verify(log_dir)
+    assert result.ok and result.torn_tail is None  # the failed write left no partial line
+    numbers = [e["n"] for e in map(entry, lines_of(log_dir / "audit.log")) if "n" in e]
+    # The entry that failed stayed queued and was written once the disk had room,
+    # after the log's own notes of the failure and of what the full queue refused.
+    assert numbers == [*range(failed_at + 1), *range(1000, 1019), -1]
+    entries = [entry(x) for x in lines_of(log_dir / "audit.log")]
+    events = [e["event"] for e in entries]
+    assert events.index(WRITE_FAILED_EVENT) == events.index("received") + failed_at
+    assert [e["count"] for e in entries if e["event"] == DROPPED_EVENT] == [31]

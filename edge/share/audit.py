@@ -52,6 +52,7 @@ line has at most ``MAX_FIELD_VALUES`` values.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -79,6 +80,7 @@ FILE_START_EVENT = "audit_file_start"  # first entry of every file
 OPENED_EVENT = "audit_opened"  # the writer (re)opened the log: a daemon start
 TORN_REPAIRED_EVENT = "audit_torn_tail_repaired"
 DROPPED_EVENT = "audit_events_dropped"  # queue overflowed while the disk stalled
+WRITE_FAILED_EVENT = "audit_write_failed"  # written once writing works again
 
 MAX_STRING_CHARS = 200  # longer strings are cut (ids, reasons and short text only)
 MAX_FIELD_VALUES = 32  # scalar values per entry, nested ones included
@@ -330,6 +332,7 @@ class AuditLog:
         self._w_file_entries = 0  # entries in audit.log, its start entry included
         self._w_seq = 0  # seq of the last entry on disk
         self._w_prev = GENESIS_PREV  # hash of the last entry on disk
+        self._w_notices: list[_Pending] = []  # the log's own events, written before the queue
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -587,18 +590,14 @@ class AuditLog:
                     self._cond.wait(self._batch_interval_s)
                 if self._state == "open":
                     self._emit_due_aggregates_locked(self._clock.now_ms() // 60_000)
-                batch = [self._pending[i] for i in range(min(len(self._pending), _MAX_BATCH_LINES))]
                 if self._dropped_unreported:
-                    batch.insert(
-                        0,
-                        _Pending(
-                            0,
-                            self._clock.now_ms(),
-                            DROPPED_EVENT,
-                            {"count": self._dropped_unreported},
-                        ),
-                    )
+                    notice: dict[str, FieldValue] = {"count": self._dropped_unreported}
+                    self._w_notices.append(_Pending(0, self._clock.now_ms(), DROPPED_EVENT, notice))
                     self._dropped_unreported = 0
+                batch = list(self._w_notices)
+                batch += [
+                    self._pending[i] for i in range(min(len(self._pending), _MAX_BATCH_LINES))
+                ]
                 stopping = self._state != "open"
             if not batch:
                 if stopping:
@@ -608,17 +607,27 @@ class AuditLog:
                 self._w_write_batch(batch)
             except OSError as exc:
                 log.error("audit log write failed; will retry", exc_info=True)
+                self._w_note_failure(exc)
                 with self._cond:
                     self._failures += 1
                     self._last_error = exc
-                    dropped = batch[0].fields.get("count") if batch[0].ticket == 0 else None
-                    if batch[0].event == DROPPED_EVENT and isinstance(dropped, int):
-                        self._dropped_unreported += dropped  # report them on the next try
                     self._cond.notify_all()
                 if stopping:
                     log.error("audit log stopping with entries not written")
                     return
                 retry_wait_s = _RETRY_AFTER_FAILURE_S
+
+    def _w_note_failure(self, exc: OSError) -> None:
+        """Keeps a notice of the failure, written to the chain once writing works again."""
+        error = errno.errorcode.get(exc.errno or 0, "unknown")
+        for notice in self._w_notices:
+            if notice.event == WRITE_FAILED_EVENT:
+                failures = notice.fields.get("failures")
+                notice.fields["failures"] = (failures if isinstance(failures, int) else 0) + 1
+                notice.fields["error"] = error
+                return
+        fields: dict[str, FieldValue] = {"failures": 1, "error": error}
+        self._w_notices.append(_Pending(0, self._clock.now_ms(), WRITE_FAILED_EVENT, fields))
 
     def _w_write_batch(self, batch: list[_Pending]) -> None:
         """Writes entries, fsyncs, then publishes progress. Rotates between entries.
@@ -678,6 +687,7 @@ class AuditLog:
             raise
         self._w_seq, self._w_prev, self._w_size = seq, prev, size
         self._w_file_entries += len(chunk)
+        self._w_notices = [n for n in self._w_notices if not any(n is item for item in items)]
         with self._cond:
             self._stats["lines"] += len(chunk)
             self._stats["fsyncs"] += 1
