@@ -141,8 +141,11 @@ class FileReplaySource:
             if delay_s > timeout_s:
                 self._stop_event.wait(timeout_s)
                 return None
-            if delay_s > 0 and self._stop_event.wait(delay_s):
-                return None
+            if delay_s > 0:
+                if self._stop_event.wait(delay_s):
+                    return None
+                if due_s > self._clock.monotonic_s():
+                    return None  # the clock says not yet: the caller reads again
         return self._ready.popleft()
 
     # --- reading the file -------------------------------------------------------------

@@ -75,8 +75,11 @@ class VirtualCamera:
             if delay_s > timeout_s:
                 self._stop_event.wait(timeout_s)
                 return None
-            if delay_s > 0 and self._stop_event.wait(delay_s):
-                return None
+            if delay_s > 0:
+                if self._stop_event.wait(delay_s):
+                    return None
+                if self._scheduled_s(self._next) > self._clock.monotonic_s():
+                    return None  # the clock says not yet: the caller reads again
             self._skip_if_late()
         n = self._next
         self._next += 1
