@@ -318,7 +318,7 @@ class AuditLog:
         self._synced_ticket = 0  # every ticket up to this one is on disk
         self._urgent_waiters = 0  # durable appends and flushes waiting: write at once
         self._failures = 0  # write failures so far; a waiter fails if one happens meanwhile
-        self._last_error: OSError | None = None
+        self._last_error: Exception | None = None
         self._dropped_unreported = 0
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._head_hex = GENESIS_PREV
@@ -605,9 +605,10 @@ class AuditLog:
                 continue
             try:
                 self._w_write_batch(batch)
-            except OSError as exc:
+            except Exception as exc:  # disk errors; anything else is a bug, logged the same way
                 log.error("audit log write failed; will retry", exc_info=True)
-                self._w_note_failure(exc)
+                if isinstance(exc, OSError):
+                    self._w_note_failure(exc)
                 with self._cond:
                     self._failures += 1
                     self._last_error = exc
