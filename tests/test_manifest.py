@@ -14,9 +14,10 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyrage
 import pytest
@@ -195,3 +196,54 @@ def _b64decode(part: str) -> bytes:
 
 def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def test_a_clip_pushed_by_its_builder_is_encrypted_as_it_is_written(tmp_path: Path) -> None:
+    agency = pyrage.x25519.Identity.generate()
+    pieces = [os.urandom(n) for n in (1, 70_000, 3 * 1024 * 1024, 5)]
+
+    def build(sink: BinaryIO) -> str:  # stands in for build_clip(ring, a, b, sink)
+        for piece in pieces:
+            sink.write(piece)
+        return "clip info"
+
+    d = m.new_delivery_id()
+    out_path = tmp_path / m.clip_file_name(d, encrypted=True)
+    with out_path.open("wb") as out:
+        digest, info = m.encrypt_clip_written_by(build, str(agency.to_public()), out, delivery_id=d)
+    assert info == "clip info"
+    ciphertext = out_path.read_bytes()
+    assert digest.sha256 == hashlib.sha256(ciphertext).hexdigest()
+    assert pyrage.decrypt(ciphertext, [agency]) == b"".join(pieces)
+    assert not [t for t in threading.enumerate() if t.name == "clip-writer"]
+
+
+def test_a_builder_that_fails_fails_the_encryption_with_its_own_error() -> None:
+    agency = pyrage.x25519.Identity.generate()
+
+    def build(sink: BinaryIO) -> None:
+        sink.write(os.urandom(500_000))
+        raise RuntimeError("segment 7 is damaged")
+
+    with pytest.raises(RuntimeError, match="segment 7"):
+        m.encrypt_clip_written_by(
+            build, str(agency.to_public()), io.BytesIO(), delivery_id=m.new_delivery_id()
+        )
+
+
+def test_a_sealed_clip_reads_back_from_any_offset_and_stops_cleanly(tmp_path: Path) -> None:
+    device = pyrage.x25519.Identity.generate()
+    plaintext = os.urandom(2 * 1024 * 1024 + 333)
+    sealed = tmp_path / "outbox.mp4.age"
+    sealed.write_bytes(pyrage.encrypt(plaintext, [device.to_public()]))
+    for offset in (0, 1, 65_536, 1_000_003, len(plaintext)):
+        with m.open_sealed_clip_at(sealed, [device], offset) as stream:
+            assert stream.read() == plaintext[offset:]
+    # Abandoned half way (an upload interrupted): the decrypting thread ends.
+    stream = m.open_sealed_clip_at(sealed, [device], 10)
+    assert stream.read(100) == plaintext[10:110]
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "clip-unsealer"]
+    with pytest.raises(ValueError, match="does not open"):
+        with m.open_sealed_clip_at(sealed, [pyrage.x25519.Identity.generate()], 0) as stream:
+            stream.read()

@@ -11,6 +11,7 @@ Skipped, saying how to fix it, only when tests/tus_server/node_modules is absent
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -41,6 +42,7 @@ from edge.share.upload import (
     UploadFailed,
     UploadFile,
     UploadSettings,
+    UploadStopped,
     upload_delivery,
 )
 
@@ -318,6 +320,10 @@ def test_uploader_killed_mid_patch_resumes_after_restart(
     saved = json.loads(state_path.read_text())
     assert saved[delivery.clip.name].startswith(f"tus {tus_server.url}/")
 
+    # The server's report of the PATCH cut short may trail the kill: wait for it.
+    tus_server.wait_for(
+        lambda e: e["event"] == "request" and e["upload_offset"] == str(2 * CHUNK_BYTES)
+    )
     mark = len(tus_server.events)
     second = _start_child(tus_server, delivery, state_path, pause_at=-1)
     out, _ = second.communicate(timeout=60)
@@ -355,6 +361,53 @@ def test_an_upload_the_server_lost_starts_anew(tus_server: TusServer, tmp_path: 
     _upload(tus_server, delivery.files(), state=state)
     assert len(_post_for(tus_server, delivery.clip.name)) == 2
     delivery.check_stored(tus_server)
+
+
+def test_an_unencrypted_clip_goes_out_decrypted_on_the_fly_from_its_sealed_copy(
+    tus_server: TusServer, tmp_path: Path
+) -> None:
+    # No recipient: D.mp4 is sent as is, read from the outbox copy sealed to the device
+    # (plaintext never on disk), and a resumed upload decrypts from the server's offset.
+    device = pyrage.x25519.Identity.generate()
+    plaintext = os.urandom(3 * CHUNK_BYTES + 99)
+    sealed = tmp_path / "outbox-clip.age"
+    sealed.write_bytes(pyrage.encrypt(plaintext, [device.to_public()]))
+    d = m.new_delivery_id()
+    clip = UploadFile(
+        m.clip_file_name(d, encrypted=False),
+        len(plaintext),
+        functools.partial(m.open_sealed_clip_at, sealed, [device]),
+    )
+    state: dict[str, str] = {}
+    stop = threading.Event()
+
+    class StopAfterFirstChunk:
+        def on_progress(self, name: str, offset_bytes: int, size_bytes: int) -> None:
+            if offset_bytes > 0:
+                stop.set()
+
+        def on_retry(self, name: str, reason: str, delay_s: float) -> None:
+            pass
+
+    with pytest.raises(UploadStopped):
+        _upload(tus_server, [clip], state=state, stop_event=stop, observer=StopAfterFirstChunk())
+    # The server's report of the last response may trail the client's: wait for it.
+    tus_server.wait_for(lambda e: e["event"] == "response" and e["upload_offset"] == CHUNK_BYTES)
+    mark = len(tus_server.events)
+    _upload(tus_server, [clip], state=state)
+    after = tus_server.requests(mark)
+    assert [e["method"] for e in after[:2]] == ["HEAD", "PATCH"]
+    assert int(after[1]["upload_offset"]) >= CHUNK_BYTES
+    assert tus_server.stored_uploads()[clip.name].data() == plaintext
+
+    wrong_key = UploadFile(
+        m.clip_file_name(m.new_delivery_id(), encrypted=False),
+        len(plaintext),
+        functools.partial(m.open_sealed_clip_at, sealed, [pyrage.x25519.Identity.generate()]),
+    )
+    with pytest.raises(UploadFailed, match="does not open") as failed:
+        _upload(tus_server, [wrong_key])
+    assert failed.value.code == "source_error"
 
 
 # --- a hostile tus endpoint (Python stand-in: the real server never misbehaves so) -------------

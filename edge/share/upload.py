@@ -541,10 +541,12 @@ class _Session:
         position = -1
         try:
             while offset < file.size:
+                if self.stop_event.is_set():
+                    raise UploadStopped(f"stopped with {file.name} at {offset} bytes")
                 if position != offset:
                     if stream is not None:
                         stream.close()
-                    stream = file.open_at(offset)
+                    stream = _open_source(file, offset)
                     position = offset
                 assert stream is not None
                 length = min(self.settings.chunk_bytes, file.size - offset)
@@ -642,7 +644,7 @@ class _Session:
         path = (base_path if base_path.endswith("/") else base_path + "/") + file.name
         if query:
             path += "?" + query
-        stream = file.open_at(0)
+        stream = _open_source(file, 0)
         try:
             response = self._request(
                 self.target,
@@ -706,7 +708,12 @@ class _Session:
         while left:
             if self.stop_event.is_set():
                 raise UploadStopped(f"stopped while sending {name}")
-            block = stream.read(min(self.settings.block_bytes, left))
+            try:
+                block = stream.read(min(self.settings.block_bytes, left))
+            except Exception as error:  # the local source, not the network: retrying won't help
+                raise UploadFailed(
+                    f"{name}: reading it failed: {error}", code="source_error"
+                ) from error
             if not block:
                 raise UploadFailed(
                     f"{name}: the source ended {left} bytes early", code="source_error"
@@ -735,6 +742,15 @@ class _Session:
         if self._connection is not None:
             self._connection.close()
         self._connection = self._connection_origin = None
+
+
+def _open_source(file: UploadFile, offset: int) -> IO[bytes]:
+    try:
+        return file.open_at(offset)
+    except Exception as error:
+        raise UploadFailed(
+            f"{file.name}: opening it failed: {error}", code="source_error"
+        ) from error
 
 
 def _header_int(response: _Response, name: str) -> int | None:
