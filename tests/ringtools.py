@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -30,7 +31,9 @@ if __package__ in (None, ""):  # run as a script by the power-cut test
 
 import itertools
 
+from edge.buffer.ring import Ring
 from edge.buffer.segment import Segment, SegmentMeta
+from edge.clock import Clock, ManualClock
 
 STAMP_BITS = 20
 STAMP_BLOCK = 16  # macroblock-sized so compression keeps each block bright or dark
@@ -204,6 +207,34 @@ def _mux_plain(extradata: bytes, packets: list[av.Packet], spec: RunSpec) -> byt
     return buffer.getvalue()
 
 
+# -- rings -----------------------------------------------------------------------
+
+
+def open_ring(data_dir: Path, clock: Clock, **overrides: Any) -> Ring:
+    """A Ring with roomy defaults; tests override the limit they are about."""
+    settings: dict[str, Any] = {
+        "max_bytes": 1 << 30,
+        "max_age_s": 30 * 86400.0,
+        "clock": clock,
+        "owner_recipients": [],
+        "pin_cap_bytes": 1 << 28,
+    }
+    settings.update(overrides)
+    return Ring.open(data_dir, **settings)
+
+
+def put_all(ring: Ring, segments: Iterable[Segment], clock: ManualClock | None = None) -> None:
+    """Put segments as a camera would: the clock at each segment's last frame."""
+    for segment in segments:
+        if clock is not None and segment.meta.last_frame_ms > clock.now_ms():
+            clock.advance_ms(segment.meta.last_frame_ms - clock.now_ms())
+        ring.put(segment)
+
+
+def frames_of(segments: Iterable[Segment]) -> list[int]:
+    return [number for segment in segments for number in decode_frame_numbers(segment.mp4)]
+
+
 # -- scanning for plaintext -------------------------------------------------------
 
 # Byte signatures long enough not to turn up by chance in ciphertext (>= 8 bytes:
@@ -304,7 +335,6 @@ def record_main(argv: Iterable[str]) -> int:
     import argparse
 
     from edge.buffer.clip import NoFootage, build_clip
-
     from edge.buffer.ring import Ring
     from edge.clock import ManualClock
 

@@ -217,11 +217,11 @@ class RingReader:
             raise self._damaged(
                 record,
                 f"file holds {len(sealed)}{'+' if len(sealed) > record.sealed_bytes else ''} "
-                f"bytes, index says {record.sealed_bytes}: truncated or replaced",
+                f"bytes, index says {record.sealed_bytes}: truncated, or replaced by another file",
             )
         if hashlib.sha256(sealed).digest() != record.sealed_sha256:
             raise self._damaged(
-                record, "content does not match its index row: altered or swapped file"
+                record, "content does not match its index row: altered, or replaced by another file"
             )
         try:
             key = self._keys.identity(record.key_id)
@@ -553,19 +553,24 @@ class Ring(RingReader):
 
     def _evict_for_free_space(self, incoming_bytes: int) -> int:
         needed = incoming_bytes + DISK_RESERVE_BYTES
-        if _free_bytes(self.segments_dir) >= needed:
-            return 0
 
-        def short_of_space(record: SegmentRecord, freed: int) -> bool:
+        def short_of_space(record: SegmentRecord | None = None, freed: int = 0) -> bool:
             return _free_bytes(self.segments_dir) < needed
 
-        evicted = self._evict(short_of_space, include_pinned=False)
-        if _free_bytes(self.segments_dir) < needed:
-            # Recording must go on: pinned footage goes last, but it goes.
-            pinned = self._evict(short_of_space, include_pinned=True)
-            if pinned:
-                log.warning("disk full: evicted %d pinned segments to keep recording", pinned)
-            evicted += pinned
+        evicted = 0
+        # A few rounds: deleting rows grows the WAL, which eats a little of the space.
+        for _ in range(4):
+            if not short_of_space():
+                break
+            count = self._evict(short_of_space, include_pinned=False)
+            if count == 0:
+                # Recording must go on: pinned footage goes last, but it goes.
+                count = self._evict(short_of_space, include_pinned=True)
+                if count:
+                    log.warning("disk full: evicted %d pinned segments to keep recording", count)
+            if count == 0:
+                break
+            evicted += count
         return evicted
 
     def _evict_for_disk(self, incoming_bytes: int) -> bool:
@@ -577,7 +582,10 @@ class Ring(RingReader):
                 # writes fail: evict the oldest segment regardless.
                 evicted = self._evict(lambda r, freed: freed == 0, include_pinned=False)
                 evicted = evicted or self._evict(lambda r, freed: freed == 0, include_pinned=True)
-            log.warning("disk full: evicted %d oldest segments", evicted)
+            if evicted:
+                log.warning("disk full: evicted the %d oldest segments", evicted)
+            else:
+                log.error("disk full and no segment left to evict")
             return evicted > 0
 
     def _evict(self, should_evict: _EvictWhile, *, include_pinned: bool) -> int:
