@@ -48,7 +48,7 @@ def decode(mp4: bytes | Path) -> list[DecodedFrame]:
     with av.open(source) as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
-            luma = frame.to_ndarray(format="gray")
+            luma = frame.to_ndarray(format="yuv420p")[: frame.height]  # the Y plane as coded
             capture_ms, sequence = read_strip(luma)
             assert frame.pts is not None and frame.time_base is not None
             frames.append(
