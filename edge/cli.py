@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge.config import Config, ConfigError, load_config
+from edge.daemon import StartupError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -206,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edge: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as exc:
+        print(f"edge: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except UserError as exc:
         print(f"edge: {exc}" if not str(exc).startswith("edge") else str(exc), file=sys.stderr)
         return exc.exit_code

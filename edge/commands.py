@@ -1,0 +1,211 @@
+"""The commands other than `run` and `demo`: each reads the shared state under
+``device.data_dir`` (or a payload) and prints a result. Errors a user can fix
+are raised as ``UserError`` and shown by the CLI as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge.cli import UserError
+from edge.clock import SystemClock
+from edge.config import Config
+from edge.units import parse_time_ms
+
+MAX_PAYLOAD_READ_BYTES = 1024 * 1024  # far above the spec's 65,536: too_large still judged
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _time_arg(text: str, name: str, now_ms: int) -> int:
+    try:
+        return parse_time_ms(text, now_ms)
+    except ValueError as exc:
+        raise UserError(f"{name}: {exc}", exit_code=2) from None
+
+
+def request_check(config: Config, payload_file: Path | None, now_text: str | None) -> int:
+    from edge.daemon import verifier_inputs
+    from edge.share.verify import check_exit_status, check_request, render_check
+
+    now_ms = _time_arg(now_text, "--now", _now_ms()) if now_text else _now_ms()
+    if payload_file is None:
+        payload = sys.stdin.buffer.read(MAX_PAYLOAD_READ_BYTES + 1)
+    else:
+        try:
+            with open(payload_file, "rb") as handle:
+                payload = handle.read(MAX_PAYLOAD_READ_BYTES + 1)
+        except OSError as exc:
+            raise UserError(f"{payload_file}: cannot read: {exc.strerror}") from None
+    trust, policy, location = verifier_inputs(config)
+    if location is None:
+        raise UserError(
+            "device.latitude and device.longitude are not set: a request cannot be matched "
+            "without the camera's location",
+            exit_code=2,
+        )
+    verdict = check_request(
+        payload, now_s=now_ms / 1000, trust=trust, policy=policy, location=location
+    )
+    print(render_check(verdict))
+    return check_exit_status(verdict)
+
+
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _open_reader(config: Config) -> Any:
+    from edge.buffer.ring import RingReader
+
+    if not config.device.data_dir.is_dir():
+        raise UserError(
+            f"{config.device.data_dir} does not exist: nothing recorded yet (start `edge run`)"
+        )
+    try:
+        return RingReader.open(config.device.data_dir, keys_dir=config.keys_dir)
+    except PermissionError as exc:
+        raise UserError(
+            f"{exc.filename}: permission denied (run as the owner of data_dir)"
+        ) from None
+
+
+def status(config: Config, *, as_json: bool) -> int:
+    from edge.daemon import read_status
+
+    with _open_reader(config) as reader:
+        buffer = reader.status()
+    running = read_status(config.device.data_dir)
+    requests = _request_counts(config)
+    if as_json:
+        _print_json(
+            {
+                "buffer": buffer.as_json(),
+                "daemon": running,
+                "requests": requests,
+            }
+        )
+        return 0
+    print(_status_text(buffer, running, requests))
+    return 0
+
+
+def _request_counts(config: Config) -> dict[str, int] | None:
+    from edge.share.store import DB_NAME, RequestStore
+
+    if not (config.device.data_dir / DB_NAME).exists():
+        return None
+    with RequestStore(config.device.data_dir, SystemClock()) as store:
+        return store.counts()
+
+
+def _status_text(
+    buffer: Any, running: dict[str, Any] | None, requests: dict[str, int] | None
+) -> str:
+    from edge.units import format_bytes, format_rfc3339_ms
+
+    lines = []
+    if running is None:
+        lines.append("daemon:   not running")
+    else:
+        camera = running.get("camera", {})
+        lines.append(
+            f"daemon:   running (pid {running.get('pid')}), clock "
+            + ("synchronised" if running.get("clock_synchronized") else "NOT synchronised")
+        )
+        lines.append(
+            f"camera:   {camera.get('source')}: {camera.get('frames_captured')} frames, "
+            f"{camera.get('frames_dropped')} dropped, {camera.get('segments')} segments"
+            + (f"; last error: {camera['last_error']}" if camera.get("last_error") else "")
+        )
+        for name, part in running.get("parts", {}).items():
+            lines.append(f"{name + ':':<9} {part}")
+    if buffer.segments == 0:
+        lines.append("buffer:   empty")
+    else:
+        lines.append(
+            f"buffer:   {buffer.segments} segments, {format_bytes(buffer.bytes)}, "
+            f"{format_rfc3339_ms(buffer.oldest_ms)} to {format_rfc3339_ms(buffer.newest_ms)}"
+        )
+        if len(buffer.spans) > 1:
+            lines.append(f"          {len(buffer.spans) - 1} gap(s):")
+            for before, after in zip(buffer.spans, buffer.spans[1:], strict=False):
+                lines.append(
+                    f"          no footage {format_rfc3339_ms(before.end_ms)} to "
+                    f"{format_rfc3339_ms(after.start_ms)}"
+                )
+    if requests is not None:
+        shown = ", ".join(f"{count} {state}" for state, count in requests.items() if count)
+        lines.append(f"requests: {shown or 'none'}")
+    return "\n".join(lines)
+
+
+def export(config: Config, start_text: str, end_text: str, output: Path) -> int:
+    from edge.buffer.clip import NoFootage, build_clip
+    from edge.units import format_rfc3339_ms
+
+    now_ms = _now_ms()
+    start_ms = _time_arg(start_text, "--start", now_ms)
+    end_ms = _time_arg(end_text, "--end", now_ms)
+    if end_ms <= start_ms:
+        raise UserError("--end must be after --start", exit_code=2)
+    if output.exists() and output.is_dir():
+        raise UserError(f"{output} is a directory; give a file name such as clip.mp4", exit_code=2)
+    temporary = output.with_name(f".{output.name}.part")
+    with _open_reader(config) as reader:
+        try:
+            with open(temporary, "wb") as handle:
+                info = build_clip(reader, start_ms, end_ms, handle)
+        except NoFootage as exc:
+            temporary.unlink(missing_ok=True)
+            raise UserError(f"no footage: {exc}") from None
+        except OSError as exc:
+            temporary.unlink(missing_ok=True)
+            raise UserError(f"{output}: cannot write: {exc.strerror}") from None
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    os.replace(temporary, output)
+    print(
+        f"wrote {output}: {info.frames} frames, {format_rfc3339_ms(info.first_frame_ms)} to "
+        f"{format_rfc3339_ms(info.last_frame_ms)}, sha256 {info.sha256}"
+    )
+    for gap in info.gaps:
+        print(
+            f"note: no footage from {format_rfc3339_ms(gap.after_ms)} to "
+            f"{format_rfc3339_ms(gap.before_ms)}; the clip jumps across it"
+        )
+    for skipped in info.skipped:
+        print(
+            f"warning: skipped footage {format_rfc3339_ms(skipped.first_frame_ms)} to "
+            f"{format_rfc3339_ms(skipped.last_frame_ms)}: {skipped.reason}",
+            file=sys.stderr,
+        )
+    if not info.clock_synced:
+        print(
+            "warning: some of this footage was recorded before the clock was synchronised; "
+            "its times may be wrong",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def keys_init(config: Config) -> int:
+    from edge.keys import init_keys
+
+    try:
+        created = init_keys(config.keys_dir)
+    except PermissionError as exc:
+        raise UserError(f"{exc.filename}: permission denied") from None
+    for path in created:
+        print(f"created {path}")
+    if not created:
+        print(f"all keys already exist in {config.keys_dir}; nothing changed")
+    return 0

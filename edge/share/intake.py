@@ -1,0 +1,168 @@
+"""The intake: one MQTT payload in, judged, matched and stored before it is acknowledged.
+
+Runs on the MQTT listener's worker thread (never on paho's network thread).
+A payload is verified (edge.share.verify), then matched: the camera must lie in
+the request's area and hold footage overlapping its window. The outcome is
+stored (edge.share.store) and written to the audit log; a matching request
+becomes ``pending`` and ``on_pending`` is told its local id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edge.clock import Clock
+from edge.share.audit import AuditLog
+from edge.share.geo import distance_m
+from edge.share.store import AcceptedState, Rejection, RequestStore
+from edge.share.verify import (
+    Accepted,
+    Location,
+    Policy,
+    Rejected,
+    Trust,
+    Verdict,
+    VerifiedRequest,
+    check_request,
+)
+
+log = logging.getLogger(__name__)
+
+
+class FootageIndex(Protocol):
+    """How much footage the buffer holds of a window (the ring's time index)."""
+
+    def footage_ms(self, start_ms: int, end_ms: int, *, synced_only: bool) -> int: ...
+
+
+@dataclass(frozen=True)
+class IntakeSettings:
+    trust: Trust
+    policy: Policy
+    location: Location
+    decision_timeout_s: float
+    exclude_unsynced: bool  # policy.unsynced_footage == "exclude"
+
+
+def request_to_json(request: VerifiedRequest) -> dict[str, Any]:
+    """The verified request as the store keeps it (and later stages read it back)."""
+    fields = {
+        name: getattr(request, name)
+        for name in request.__dataclass_fields__
+        if name not in ("area", "upload_hosts")
+    }
+    fields["area"] = request.area.to_geojson()
+    fields["area_centre"] = [request.centre.lon, request.centre.lat]
+    fields["upload_hosts"] = list(request.upload_hosts)
+    return fields
+
+
+@dataclass(frozen=True)
+class IntakeOutcome:
+    verdict: Verdict
+    state: str  # rejected | duplicate | not_matching | pending
+    request_id: int | None
+
+
+class Intake:
+    def __init__(
+        self,
+        settings: IntakeSettings,
+        store: RequestStore,
+        audit: AuditLog,
+        footage: FootageIndex,
+        clock: Clock,
+        on_pending: Callable[[int], None],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._audit = audit
+        self._footage = footage
+        self._clock = clock
+        self._on_pending = on_pending
+
+    def judge(self, payload: bytes, now_ms: int) -> Verdict:
+        s = self._settings
+        return check_request(
+            payload, now_s=now_ms / 1000, trust=s.trust, policy=s.policy, location=s.location
+        )
+
+    def handle(self, topic: str, payload: bytes) -> IntakeOutcome:
+        """Judges and stores one message. Returns once the outcome is on disk."""
+        now_ms = self._clock.now_ms()
+        verdict = self.judge(payload, now_ms)
+        if isinstance(verdict, Rejected):
+            self._store.reject(
+                Rejection(
+                    reason=verdict.reason,
+                    received_ms=now_ms,
+                    topic=topic,
+                    iss=verdict.iss,
+                    jti=verdict.jti,
+                    detail=verdict.detail,
+                )
+            )
+            # Counted per reason and minute under a flood (audit.append_counted).
+            self._audit.append_counted("rejected", verdict.reason, iss=verdict.iss, jti=verdict.jti)
+            log.info("rejected a request (%s): %s", verdict.reason, verdict.detail)
+            return IntakeOutcome(verdict, "rejected", None)
+        return self._take_in(verdict, topic, now_ms)
+
+    def _take_in(self, verdict: Accepted, topic: str, now_ms: int) -> IntakeOutcome:
+        request = verdict.request
+        if self._store.seen(request.iss, request.jti):
+            return IntakeOutcome(verdict, "duplicate", None)  # not logged twice (spec)
+        reason = None
+        if not verdict.location_match:
+            reason = "outside_area"
+        else:
+            held_ms = self._footage.footage_ms(
+                request.window_start_ms,
+                request.window_end_ms,
+                synced_only=self._settings.exclude_unsynced,
+            )
+            if held_ms <= 0:
+                reason = "no_footage"
+        state: AcceptedState = "pending" if reason is None else "not_matching"
+        decide_by_ms = now_ms + int(self._settings.decision_timeout_s * 1000)
+        result = self._store.accept(
+            iss=request.iss,
+            jti=request.jti,
+            state=state,
+            request=request_to_json(request),
+            exp_ms=int(request.exp_s * 1000),
+            window_start_ms=request.window_start_ms,
+            window_end_ms=request.window_end_ms,
+            agency_name=request.agency_name,
+            topic=topic,
+            received_ms=now_ms,
+            decide_by_ms=decide_by_ms,
+            reason=reason,
+        )
+        if result.duplicate:
+            return IntakeOutcome(verdict, "duplicate", result.id)
+        distance = distance_m(self._settings.location.point, request.centre)
+        self._audit.append(
+            state,
+            durable=True,
+            id=result.id,
+            iss=request.iss,
+            jti=request.jti,
+            agency=request.agency_name,
+            reason=reason,
+            distance_m=round(distance),
+        )
+        log.info(
+            "request %s from %s (%s): %s%s",
+            result.id,
+            request.agency_name,
+            request.jti,
+            state,
+            f" ({reason})" if reason else "",
+        )
+        if state == "pending":
+            self._on_pending(result.id)
+        return IntakeOutcome(verdict, state, result.id)

@@ -1,0 +1,297 @@
+"""The outbox: clips the owner is shown and may approve, sealed until they are sent.
+
+A clip is made once by the one clip builder (edge.buffer.clip), streamed
+straight into age encryption (never a plaintext byte on disk) under the
+outbox's own key, and kept as ``{request_id}-{start_ms}-{end_ms}.mp4.age``
+with a small JSON note of what it holds (times, SHA-256 of the plaintext).
+Approvals bind to that SHA-256; delivery and the review page decrypt it on the
+fly, chunk by chunk. A denied, expired, delivered or failed request's clips are
+deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import pyrage
+from pyrage import x25519
+
+from edge.buffer.clip import SegmentSource, build_clip
+
+log = logging.getLogger(__name__)
+
+OUTBOX_KEY_NAME = "outbox.agekey"
+_CLIP_RE = re.compile(r"^(\d+)-(\d+)-(\d+)\.mp4\.age$")
+_CHUNK_BYTES = 64 * 1024
+_QUEUE_CHUNKS = 16  # at most 1 MiB of plaintext in flight between threads
+_MAX_NOTE_BYTES = 64 * 1024
+
+
+class OutboxError(Exception):
+    """A clip cannot be made, read or found; the message says why."""
+
+
+@dataclass(frozen=True)
+class OutboxClip:
+    request_id: int
+    start_ms: int  # the window the clip was made for
+    end_ms: int
+    sha256: str  # of the plaintext MP4
+    size_bytes: int  # of the plaintext MP4
+    first_frame_ms: int
+    last_frame_ms: int
+    clock_synced: bool
+    gaps: int
+    skipped: int
+    path: Path
+
+    @property
+    def note(self) -> dict[str, object]:
+        note = asdict(self)
+        del note["path"]
+        return note
+
+
+def _load_or_create_identity(keys_dir: Path) -> x25519.Identity:
+    path = keys_dir / OUTBOX_KEY_NAME
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        identity = x25519.Identity.generate()
+        keys_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temporary = path.with_name(f".{OUTBOX_KEY_NAME}.tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(str(identity) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, path)  # never replaces a key another process just made
+        except FileExistsError:
+            pass
+        os.unlink(temporary)
+        return _load_or_create_identity(keys_dir)
+    try:
+        return x25519.Identity.from_str(text)
+    except Exception as exc:  # pyrage raises its own IdentityError types
+        raise OutboxError(f"{path} is not an age identity: {exc}") from None
+
+
+class _Chunks:
+    """A file-like writer that hands chunks to a bounded queue (for decrypt_io)."""
+
+    def __init__(self, chunks: queue.Queue[bytes | BaseException | None], cancel: threading.Event):
+        self._chunks = chunks
+        self._cancel = cancel
+
+    def write(self, data: bytes) -> int:
+        if self._cancel.is_set():
+            raise OSError("reader went away")
+        while True:
+            try:
+                self._chunks.put(bytes(data), timeout=0.5)
+                return len(data)
+            except queue.Full:
+                if self._cancel.is_set():
+                    raise OSError("reader went away") from None
+
+    def flush(self) -> None:
+        pass
+
+
+class Outbox:
+    """Sealed clips under ``data_dir/outbox``. Any thread; files are the only state."""
+
+    def __init__(self, outbox_dir: Path, keys_dir: Path) -> None:
+        self.dir = outbox_dir
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._identity = _load_or_create_identity(keys_dir)
+        self._recipient = self._identity.to_public()
+        self._build_lock = threading.Lock()  # one clip built at a time: bounded CPU and memory
+
+    # -- making ------------------------------------------------------------------------
+
+    def find(self, request_id: int, start_ms: int, end_ms: int) -> OutboxClip | None:
+        path = self.dir / f"{request_id}-{start_ms}-{end_ms}.mp4.age"
+        note_path = path.with_suffix(".json")
+        try:
+            with open(note_path, "rb") as handle:
+                raw = handle.read(_MAX_NOTE_BYTES + 1)
+            note = json.loads(raw)
+            if not path.exists():
+                return None
+            return OutboxClip(**note, path=path)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as exc:
+            log.warning("outbox note %s unreadable (%s): the clip is made again", note_path, exc)
+            return None
+
+    def build(
+        self, request_id: int, source: SegmentSource, start_ms: int, end_ms: int
+    ) -> OutboxClip:
+        """The sealed clip of [start_ms, end_ms] for a request, made once and then reused.
+
+        Raises NoFootage (edge.buffer.clip) when the buffer holds none of the window.
+        """
+        with self._build_lock:
+            existing = self.find(request_id, start_ms, end_ms)
+            if existing is not None:
+                return existing
+            path = self.dir / f"{request_id}-{start_ms}-{end_ms}.mp4.age"
+            temporary = path.with_name(f".{path.name}.tmp")
+            read_fd, write_fd = os.pipe()
+            errors: list[BaseException] = []
+
+            def seal() -> None:
+                try:
+                    with os.fdopen(read_fd, "rb") as plaintext, open(temporary, "wb") as sealed:
+                        pyrage.encrypt_io(plaintext, sealed, [self._recipient])
+                        sealed.flush()
+                        os.fsync(sealed.fileno())
+                except BaseException as exc:  # handed to the building thread below
+                    errors.append(exc)
+
+            sealer = threading.Thread(target=seal, name="edge-outbox-seal", daemon=True)
+            sealer.start()
+            try:
+                with os.fdopen(write_fd, "wb") as plaintext_out:
+                    info = build_clip(source, start_ms, end_ms, plaintext_out)
+            except BaseException:
+                sealer.join()
+                temporary.unlink(missing_ok=True)
+                raise
+            sealer.join()
+            if errors:
+                temporary.unlink(missing_ok=True)
+                raise OutboxError(f"could not seal the clip: {errors[0]}")
+            clip = OutboxClip(
+                request_id=request_id,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                sha256=info.sha256,
+                size_bytes=info.bytes,
+                first_frame_ms=info.first_frame_ms,
+                last_frame_ms=info.last_frame_ms,
+                clock_synced=info.clock_synced,
+                gaps=len(info.gaps),
+                skipped=len(info.skipped),
+                path=path,
+            )
+            os.replace(temporary, path)
+            note_temporary = path.with_name(f".{path.stem}.json.tmp")
+            note_temporary.write_text(json.dumps(clip.note))
+            os.replace(note_temporary, path.with_suffix(".json"))
+            _fsync_dir(self.dir)
+            log.info(
+                "outbox: clip for request %s (%d bytes, sha256 %s…)",
+                request_id,
+                clip.size_bytes,
+                clip.sha256[:12],
+            )
+            return clip
+
+    # -- reading -----------------------------------------------------------------------
+
+    def open_plaintext(self, clip: OutboxClip) -> Iterator[bytes]:
+        """The plaintext MP4, decrypted chunk by chunk as it is read; nothing written to disk.
+
+        The bytes are checked against the clip's SHA-256 at the end: a clip that
+        changed on disk raises OutboxError instead of finishing quietly.
+        """
+        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
+        cancel = threading.Event()
+
+        def decrypt() -> None:
+            try:
+                with open(clip.path, "rb") as sealed:
+                    pyrage.decrypt_io(sealed, _Chunks(chunks, cancel), [self._identity])
+                outcome: BaseException | None = None
+            except BaseException as exc:  # handed to the reading thread
+                outcome = exc
+            while not cancel.is_set():
+                try:
+                    chunks.put(outcome, timeout=0.5)
+                    return
+                except queue.Full:
+                    continue
+
+        worker = threading.Thread(target=decrypt, name="edge-outbox-open", daemon=True)
+        worker.start()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            while True:
+                item = chunks.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise OutboxError(f"cannot open the sealed clip: {item}")
+                digest.update(item)
+                size += len(item)
+                yield item
+            if digest.hexdigest() != clip.sha256 or size != clip.size_bytes:
+                raise OutboxError("the sealed clip on disk is not the clip that was made")
+        finally:
+            cancel.set()
+            worker.join(timeout=5)
+
+    def copy_plaintext(self, clip: OutboxClip, out: BinaryIO) -> None:
+        for chunk in self.open_plaintext(clip):
+            out.write(chunk)
+
+    # -- forgetting --------------------------------------------------------------------
+
+    def clips_of(self, request_id: int) -> list[OutboxClip]:
+        found = []
+        for entry in sorted(os.listdir(self.dir)):
+            match = _CLIP_RE.match(entry)
+            if match and int(match.group(1)) == request_id:
+                clip = self.find(request_id, int(match.group(2)), int(match.group(3)))
+                if clip is not None:
+                    found.append(clip)
+        return found
+
+    def delete_request(self, request_id: int, keep: OutboxClip | None = None) -> int:
+        """Deletes a request's clips (all, or all but ``keep``); returns how many files went."""
+        removed = 0
+        for entry in os.listdir(self.dir):
+            stem = entry.removeprefix(".")
+            if not stem.startswith(f"{request_id}-"):
+                continue
+            if keep is not None and entry in (keep.path.name, keep.path.with_suffix(".json").name):
+                continue
+            try:
+                os.unlink(self.dir / entry)
+                removed += 1
+            except FileNotFoundError:
+                pass
+        if removed:
+            _fsync_dir(self.dir)
+        return removed
+
+    def request_ids(self) -> set[int]:
+        ids = set()
+        for entry in os.listdir(self.dir):
+            match = _CLIP_RE.match(entry)
+            if match:
+                ids.add(int(match.group(1)))
+        return ids
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
