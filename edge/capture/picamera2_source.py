@@ -116,7 +116,7 @@ class Picamera2Source:
 
         fps = float(self._format.fps)
         try:
-            camera = Picamera2(self._camera_index)
+            camera = self._camera = Picamera2(self._camera_index)
             config = camera.create_video_configuration(
                 main={"size": (self._format.width, self._format.height), "format": "YUV420"},
                 controls={"FrameRate": fps},
@@ -128,7 +128,7 @@ class Picamera2Source:
                 iperiod=self._keyframe_interval,  # a key frame at every segment boundary
                 framerate=fps,
             )
-            self._camera, self._encoder = camera, encoder
+            self._encoder = encoder
             camera.start_recording(encoder, PacketOutput())
         except Exception as exc:
             self._close_camera()
