@@ -673,6 +673,22 @@ class RequestStore:
         with self._read() as db:
             return int(db.execute("SELECT value FROM counters WHERE name = 'rev'").fetchone()[0])
 
+    def get_counter(self, name: str) -> int:
+        """A named number kept with the requests (e.g. how far the daemon has handled changes)."""
+        with self._read() as db:
+            row = db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def set_counter(self, name: str, value: int) -> None:
+        if name in ("rev", "rejected_rows"):
+            raise ValueError(f"counter {name!r} is the store's own")
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                (name, int(value)),
+            )
+
     def counts(self) -> dict[str, int]:
         """Rows per state (every state present, 0 included), for `edge status`."""
         with self._read() as db:
