@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from pyrage import x25519
-from ringtools import T0_MS
 
 from edge.clock import ManualClock
 from edge.keys import (
@@ -25,6 +24,7 @@ from edge.keys import (
     load_signing_key,
     parse_recipients,
 )
+from ringtools import T0_MS
 
 DAY_MS = 86_400_000
 

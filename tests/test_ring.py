@@ -19,17 +19,6 @@ from pathlib import Path
 
 import pytest
 from pyrage import x25519
-from ringtools import (
-    T0_MS,
-    HashingSink,
-    RunSpec,
-    decode_frame_numbers,
-    frames_of,
-    make_segments,
-    open_ring,
-    put_all,
-    scan_for_plaintext,
-)
 
 from edge.buffer.clip import build_clip
 from edge.buffer.ring import (
@@ -42,6 +31,17 @@ from edge.buffer.ring import (
 )
 from edge.clock import ManualClock
 from edge.keys import KeyPermissionError
+from ringtools import (
+    T0_MS,
+    HashingSink,
+    RunSpec,
+    decode_frame_numbers,
+    frames_of,
+    make_segments,
+    open_ring,
+    put_all,
+    scan_for_plaintext,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_A = RunSpec(count=12)  # 12 segments of 1 s (10 frames at 10 fps), frames 0..119

@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+import edge.buffer.ring as ring_module
+from edge.buffer.clip import build_clip
+from edge.clock import ManualClock
 from ringtools import (
     T0_MS,
     RunSpec,
@@ -23,10 +27,6 @@ from ringtools import (
     put_all,
     scan_for_plaintext,
 )
-
-import edge.buffer.ring as ring_module
-from edge.buffer.clip import build_clip
-from edge.clock import ManualClock
 
 TMPFS_BYTES = 8 * 1024 * 1024
 # Incompressible noise rows make each 5-frame segment ~150 kB: 8 MiB holds ~50.

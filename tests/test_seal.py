@@ -10,7 +10,6 @@ from pathlib import Path
 import pyrage
 import pytest
 from pyrage import x25519
-from ringtools import RunSpec, decode_frame_numbers, make_segments
 
 from edge.buffer.seal import (
     META_BOX_UUID,
@@ -20,6 +19,7 @@ from edge.buffer.seal import (
     seal_segment,
 )
 from edge.buffer.segment import Segment
+from ringtools import RunSpec, decode_frame_numbers, make_segments
 
 SPEC = RunSpec(count=3)
 
