@@ -15,6 +15,7 @@ import io
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -29,6 +30,36 @@ from edge.share.tokens import TokenStore
 CLIP_FPS = 10
 CLIP_WIDTH, CLIP_HEIGHT = 320, 240
 _OPEN_CHUNK_BYTES = 4096  # small, so that byte ranges cross chunks in tests
+
+
+# A request as the consent service would describe it: asked at 14:00 UTC for four
+# seconds of 13:05 UTC; the owner lives in Berlin (UTC+1 in November).
+NOW_MS = int(datetime(2026, 11, 28, 14, 0, tzinfo=UTC).timestamp() * 1000)
+WINDOW_START_MS = int(datetime(2026, 11, 28, 13, 5, tzinfo=UTC).timestamp() * 1000)
+WINDOW_END_MS = WINDOW_START_MS + 4_000
+DECIDE_BY_MS = NOW_MS + 48 * 3600 * 1000
+
+
+def request_view(request_id: str = "r7k2", **changes: object) -> RequestView:
+    fields: dict[str, object] = dict(
+        request_id=request_id,
+        agency_name="Springfield Police Department",
+        agency_kind="police",
+        title="Hit and run on Elm Street",
+        description="A grey van hit a cyclist.\nWe look for footage of the van.",
+        case_ref="SPD-2026-1182",
+        public_url="https://police.example.org/cases/1182",
+        window_start_ms=WINDOW_START_MS,
+        window_end_ms=WINDOW_END_MS,
+        time_zone="Europe/Berlin",
+        distance_m=123.0,
+        footage_held_s=4.0,
+        decide_by_ms=DECIDE_BY_MS,
+        state="pending",
+        history=((NOW_MS - 60_000, "received"), (NOW_MS - 59_000, "prompted (ntfy)")),
+    )
+    fields.update(changes)
+    return RequestView(**fields)  # type: ignore[arg-type]
 
 
 def make_h264_mp4(start_ms: int, end_ms: int, *, fps: int = CLIP_FPS,

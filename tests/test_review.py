@@ -12,10 +12,13 @@ import html
 import io
 import logging
 import re
+import socket
 import ssl
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +30,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
-from review_standin import StandInConsent
 
 from edge.clock import ManualClock
 from edge.share.review import (
@@ -39,33 +41,14 @@ from edge.share.review import (
     create_app,
 )
 from edge.share.tokens import TokenStore
-
-NOW_MS = int(datetime(2026, 11, 28, 14, 0, tzinfo=UTC).timestamp() * 1000)
-WINDOW_START_MS = int(datetime(2026, 11, 28, 13, 5, tzinfo=UTC).timestamp() * 1000)
-WINDOW_END_MS = WINDOW_START_MS + 4_000
-DECIDE_BY_MS = NOW_MS + 48 * 3600 * 1000
-
-
-def request_view(request_id: str = "r7k2", **changes: object) -> RequestView:
-    fields: dict[str, object] = dict(
-        request_id=request_id,
-        agency_name="Springfield Police Department",
-        agency_kind="police",
-        title="Hit and run on Elm Street",
-        description="A grey van hit a cyclist.\nWe look for footage of the van.",
-        case_ref="SPD-2026-1182",
-        public_url="https://police.example.org/cases/1182",
-        window_start_ms=WINDOW_START_MS,
-        window_end_ms=WINDOW_END_MS,
-        time_zone="Europe/Berlin",
-        distance_m=123.0,
-        footage_held_s=4.0,
-        decide_by_ms=DECIDE_BY_MS,
-        state="pending",
-        history=((NOW_MS - 60_000, "received"), (NOW_MS - 59_000, "prompted (ntfy)")),
-    )
-    fields.update(changes)
-    return RequestView(**fields)  # type: ignore[arg-type]
+from review_standin import (
+    DECIDE_BY_MS,
+    NOW_MS,
+    WINDOW_END_MS,
+    WINDOW_START_MS,
+    StandInConsent,
+    request_view,
+)
 
 
 @dataclass
@@ -504,6 +487,46 @@ def test_server_serves_page_and_clip_and_stops_promptly(tmp_path: Path, tls: boo
         assert time.monotonic() - started_s < 5
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{server.port}/r/{token}", timeout=2)
+
+
+@dataclass
+class EndlessClip:
+    """A clip far longer than any socket buffer: a phone that stops reading stalls it."""
+
+    closed: threading.Event
+    sha256: str = "0" * 64
+    size_bytes: int = 1 << 40
+    first_frame_ms: int = WINDOW_START_MS
+    last_frame_ms: int = WINDOW_END_MS
+
+    def open(self) -> Iterator[bytes]:
+        try:
+            while True:
+                yield bytes(64 * 1024)
+        finally:
+            self.closed.set()
+
+
+def test_stop_is_prompt_while_a_stalled_client_holds_a_stream(tmp_path: Path) -> None:
+    clock = ManualClock(NOW_MS)
+    tokens = TokenStore(tmp_path / "tokens.db")
+    backend = StandInConsent(tmp_path / "outbox", tokens, clock)
+    backend.add(request_view())
+    endless = EndlessClip(closed=threading.Event())
+    backend.clip = lambda request_id, start_ms, end_ms: endless  # type: ignore[assignment,method-assign,return-value]
+    token = tokens.issue("r7k2", "review", DECIDE_BY_MS)
+    server = ReviewServer("127.0.0.1:0", backend, tokens, clock)
+    server.start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as phone:
+        phone.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        phone.sendall(f"GET /r/{token}/clip.mp4?start={WINDOW_START_MS}&end={WINDOW_END_MS} "
+                      "HTTP/1.1\r\nHost: camera\r\n\r\n".encode())
+        assert phone.recv(100).startswith(b"HTTP/1.1 200 OK")
+        # The phone reads no more; the server soon blocks sending to it.
+        started_s = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started_s < 2
+    assert endless.closed.wait(5)  # the backend's decrypting iterator was closed
 
 
 def test_server_refuses_half_a_tls_pair(tmp_path: Path) -> None:

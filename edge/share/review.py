@@ -35,6 +35,7 @@ import hmac
 import logging
 import re
 import secrets
+import socket
 import ssl
 import threading
 from collections import OrderedDict
@@ -855,16 +856,58 @@ class ReviewServer:
             self._server, self._thread = None, None
         if server is None or thread is None:
             return
-        self._stop_event.set()
+        self._stop_event.set()  # streams end at their next chunk...
+        server.cut_responses()  # ...or at once, if blocked sending to a stalled client
         server.stop()
         thread.join(timeout=10)
 
 
 class _Server(wsgi.Server):
+    """cheroot's server, logging to our log and able to cut responses short on stop.
+
+    cheroot's own stop waits for its workers, and a worker blocked sending to a phone
+    that stopped reading only notices at its socket timeout: stop() would take
+    seconds. So the sockets of responses in progress are known (the gateway below
+    registers them; any worker thread) and shut down on stop.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gateway = _Gateway
+        self._responding: set[socket.socket] = set()
+        self._responding_lock = threading.Lock()
+
     def error_log(self, msg: str = "", level: int = logging.INFO,
                   traceback: bool = False) -> None:
         """cheroot's own messages (bad requests, broken connections) into our log."""
         log.log(level, "review server: %s", msg, exc_info=traceback)
+
+    def responding(self, conn_socket: socket.socket, active: bool) -> None:
+        with self._responding_lock:
+            if active:
+                self._responding.add(conn_socket)
+            else:
+                self._responding.discard(conn_socket)
+
+    def cut_responses(self) -> None:
+        with self._responding_lock:
+            sockets = list(self._responding)
+        for conn_socket in sockets:
+            try:
+                conn_socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # closed already: nothing to cut
+
+
+class _Gateway(wsgi.Gateway_10):
+    def respond(self) -> None:
+        server: _Server = self.req.server
+        conn_socket = self.req.conn.socket
+        server.responding(conn_socket, True)
+        try:
+            super().respond()
+        finally:
+            server.responding(conn_socket, False)
 
 
 def _tls_adapter(cert: Path, key: Path) -> Any:
