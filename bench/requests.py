@@ -77,12 +77,14 @@ def _publish(port: int, duration_s: float, rate: int, garbage_rate: int,
     pace = threading.Event()  # never set: its wait() paces the ticks
     start_s = time.monotonic()
     tick = 0
+    behind_s = 0.0  # how late the publisher itself ran (a loaded machine shows here)
     while True:
         tick += 1
         due_s = start_s + tick * TICK_S
         elapsed_s = due_s - start_s
         if elapsed_s > duration_s:
             break
+        behind_s = max(behind_s, time.monotonic() - due_s)
         want_requests = int(rate * elapsed_s)
         want_garbage = int(garbage_rate * elapsed_s)
         while sent_requests < want_requests:
@@ -100,11 +102,14 @@ def _publish(port: int, duration_s: float, rate: int, garbage_rate: int,
         pace.wait(max(due_s - time.monotonic(), 0))
     for info in infos:
         info.wait_for_publish(30)
+    acked_after_s = time.monotonic() - start_s
     unacked = sum(not info.is_published() for info in infos)
     client.disconnect()
     client.loop_stop()
     print(json.dumps({"requests": sent_requests, "garbage": sent_garbage,
-                      "matching": sent_matching, "unacked": unacked}), flush=True)
+                      "matching": sent_matching, "unacked": unacked,
+                      "publisher_behind_s": behind_s,
+                      "all_acked_after_s": acked_after_s}), flush=True)
 
 
 # ---------------------------------------------------------------- camera process
@@ -247,6 +252,12 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
               f"{_percentile(m, .5) * 1e3:>8.1f}ms {_percentile(m, .99) * 1e3:>8.1f}ms "
               f"{_percentile(q, .5) * 1e3:>7.1f}ms {_percentile(q, .99) * 1e3:>7.1f}ms "
               f"{sent['matching'] - len(m):>7}")
+    for r in results:
+        sent = r["sent"]
+        print(f"{r['stage']}: publisher ran up to {sent['publisher_behind_s'] * 1e3:.0f} ms behind "
+              f"its schedule; broker acked the last publish {sent['all_acked_after_s']:.1f} s "
+              f"after the start ({args.duration_s:g} s of load); unacked {sent['unacked']}; "
+              f"load average at the end {os.getloadavg()[0]:.2f}")
     if len(results) == 2:
         floor, transport = results
         for label, key in (("matching", "latencies_matching_s"), ("all requests",

@@ -10,16 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from broker import MosquittoBroker, TestPKI, make_test_pki
-from test_mqtt import CELL_TOPIC, WAIT_S, Collector, listening, make_listener
 
+from broker import MosquittoBroker, TestPKI, make_test_pki
 from edge.share.mqtt import (
     MAX_PASSWORD_FILE_BYTES,
     ListenerStats,
     MqttSetupError,
     RequestListener,
+    load_or_create_client_id,
     read_password_file,
 )
+from test_mqtt import CELL_TOPIC, WAIT_S, Collector, listening, make_listener
 
 
 @pytest.fixture
@@ -62,6 +63,15 @@ def test_tls_with_a_wrong_ca_does_not_connect_and_says_why(tmp_path: Path, pki: 
     assert not any(seen) and not stats.connected and not stats.subscribed
     assert "certificate verify failed" in (stats.last_error or "")
     assert f"{broker.host}:{broker.port}" in (stats.last_error or "")
+
+
+def test_tls_without_a_ca_file_trusts_only_the_system_cas(tmp_path: Path, pki: TestPKI) -> None:
+    # For a broker with a public certificate; our test CA is in no system store.
+    with MosquittoBroker(tmp_path / "broker", pki=pki) as broker:
+        with listening(make_listener(broker, Collector(), tls=True), subscribed=False) as listener:
+            stats, seen = wait_for_failure(listener)
+    assert not any(seen)
+    assert "certificate verify failed" in (stats.last_error or "")
 
 
 def test_client_certificate_when_the_broker_requires_one(tmp_path: Path, pki: TestPKI) -> None:
@@ -175,3 +185,16 @@ def test_misuse_is_refused_at_construction(tmp_path: Path) -> None:
         make(client_id="")
     with pytest.raises(ValueError, match="topic"):
         make(topics=[])
+    with pytest.raises(ValueError, match="needs TLS"):
+        make(tls_cert=tmp_path / "cert", tls_key=tmp_path / "key")
+
+
+def test_client_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "mqtt-client-id"
+    first = load_or_create_client_id(path)
+    assert first.startswith("edge-") and len(first) == 21
+    assert load_or_create_client_id(path) == first  # same session after a restart
+    assert load_or_create_client_id(tmp_path / "elsewhere") != first  # random, not derived
+    path.write_text("not valid!\n")
+    with pytest.raises(MqttSetupError, match="not hold a valid MQTT client id"):
+        load_or_create_client_id(path)

@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import re
+import secrets
 import ssl
 import sys
 import threading
@@ -49,10 +51,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge.share.geohash import subscription_topics
 
 __all__ = [
+    "CLIENT_ID_RE",
     "IncomingMessage",
     "ListenerStats",
     "MqttSetupError",
     "RequestListener",
+    "load_or_create_client_id",
     "read_password_file",
     "subscription_topics",
 ]
@@ -71,7 +75,7 @@ RECEIVE_MAXIMUM = 65_535  # MQTT 5's largest: our own queue bounds what we hold
 # counted); anything bigger the broker drops without sending.
 PACKET_HEADROOM_BYTES = 16 * 1024
 DROP_LOG_INTERVAL_S = 10.0
-_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # portable across brokers
 
 
 class MqttSetupError(ValueError):
@@ -139,6 +143,32 @@ def read_password_file(path: Path) -> str:
     return text
 
 
+def load_or_create_client_id(path: Path) -> str:
+    """The camera's MQTT client id, kept in `path` (made once, random, so that
+    it says nothing about the camera and its broker session survives restarts)."""
+    try:
+        text = path.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        text = ""
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MqttSetupError(f"cannot read the MQTT client id from {path}: {exc}") from None
+    if text:
+        if not CLIENT_ID_RE.fullmatch(text):
+            raise MqttSetupError(f"{path} does not hold a valid MQTT client id; delete it")
+        return text
+    client_id = "edge-" + secrets.token_hex(8)
+    temporary = path.with_name(path.name + ".tmp")
+    try:
+        with temporary.open("w", encoding="ascii") as file:
+            file.write(client_id + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        raise MqttSetupError(f"cannot keep the MQTT client id in {path}: {exc}") from None
+    return client_id
+
+
 class _DropLog:
     """Logs drops at most once per interval, with the count since the last line."""
 
@@ -188,6 +218,7 @@ class RequestListener:
         handler: Callable[[IncomingMessage], None],
         username: str | None = None,
         password_file: Path | None = None,
+        tls: bool = False,
         tls_ca: Path | None = None,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
@@ -201,7 +232,7 @@ class RequestListener:
             raise ValueError("host is empty")
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} outside 1..65535")
-        if not _CLIENT_ID_RE.fullmatch(client_id):
+        if not CLIENT_ID_RE.fullmatch(client_id):
             raise ValueError("client_id: use 1 to 64 letters, digits, '.', '-' or '_'")
         if not topics or any(not t or "\0" in t for t in topics):
             raise ValueError(f"bad topic list {list(topics)!r}")
@@ -209,8 +240,9 @@ class RequestListener:
             raise ValueError("a password file needs a username")
         if (tls_cert is None) != (tls_key is None):
             raise ValueError("tls_cert and tls_key go together")
-        if tls_cert is not None and tls_ca is None:
-            raise ValueError("a client certificate needs tls_ca (the broker's CA)")
+        use_tls = tls or tls_ca is not None
+        if tls_cert is not None and not use_tls:
+            raise ValueError("a client certificate needs TLS (tls=True or tls_ca)")
         if not 1 <= max_payload_bytes <= 16 * 1024 * 1024:
             raise ValueError(f"max_payload_bytes {max_payload_bytes} outside 1..16 MiB")
         if not 1 <= queue_size <= 100_000:
@@ -257,16 +289,18 @@ class RequestListener:
         if username:
             password = read_password_file(password_file) if password_file is not None else None
             client.username_pw_set(username, password)
-        if tls_ca is not None:
+        if use_tls:
             try:
-                # ssl's defaults: CERT_REQUIRED and the host name checked.
+                # ssl's defaults: CERT_REQUIRED and the host name checked; without
+                # tls_ca, the system's trusted CAs (a broker with a public certificate).
                 client.tls_set(
-                    ca_certs=str(tls_ca),
+                    ca_certs=str(tls_ca) if tls_ca is not None else None,
                     certfile=str(tls_cert) if tls_cert is not None else None,
                     keyfile=str(tls_key) if tls_key is not None else None,
                 )
             except (OSError, ssl.SSLError) as exc:
                 files = ", ".join(str(p) for p in (tls_ca, tls_cert, tls_key) if p is not None)
+                files = files or "system CAs"
                 raise MqttSetupError(
                     f"mqtt TLS files ({files}) cannot be loaded: {exc}"
                 ) from None
