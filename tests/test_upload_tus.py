@@ -27,14 +27,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from joserfc import jws
 from joserfc.jwk import OKPKey
-from uploadservers import (
-    RecordingHttpServer,
-    Reply,
-    TusServer,
-    make_test_tls,
-    running_tus_server,
-    strict_http_server_running,
-)
 
 from edge.share import manifest as m
 from edge.share.upload import (
@@ -44,6 +36,15 @@ from edge.share.upload import (
     UploadSettings,
     UploadStopped,
     upload_delivery,
+)
+from uploadservers import (
+    RecordedRequest,
+    RecordingHttpServer,
+    Reply,
+    TusServer,
+    make_test_tls,
+    running_tus_server,
+    strict_http_server_running,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -442,6 +443,30 @@ def test_a_tus_location_on_another_host_fails_the_upload(
         assert state == {}
     finally:
         elsewhere.stop()
+
+
+def test_a_relative_tus_location_is_resolved_against_the_creation_url(
+    hostile: RecordingHttpServer,
+) -> None:
+    # A minimal tus endpoint in Python: the real server always answers absolute URLs.
+    def tus(request: RecordedRequest) -> Reply | None:
+        if request.method == "POST" and request.path == "/api/files":
+            return Reply(201, {"Location": "upload/abc", "Tus-Resumable": "1.0.0"})
+        if request.method == "PATCH" and request.path == "/api/upload/abc":
+            offset = int(request.headers["Upload-Offset"]) + len(request.body)
+            return Reply(204, {"Upload-Offset": str(offset), "Tus-Resumable": "1.0.0"})
+        return None
+
+    hostile.responder = tus
+    files = _tiny_files()[:1]
+    upload_delivery(hostile.url("/api/files"), "tus", files, request_id=REQUEST_ID,
+                    allowed_hosts=(h for h in ["127.0.0.1"]), allow_insecure_localhost=True,
+                    state={}, stop_event=threading.Event(), settings=FAST)  # fmt: skip
+    assert [(r.method, r.path) for r in hostile.requests] == [
+        ("POST", "/api/files"),
+        ("PATCH", "/api/upload/abc"),
+    ]
+    assert hostile.requests[1].body == b"clip bytes"
 
 
 def test_a_tus_location_that_drops_tls_fails_the_upload(tmp_path: Path) -> None:

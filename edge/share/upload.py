@@ -176,6 +176,8 @@ def check_upload_url(
     def refuse(reason: str) -> UploadFailed:
         return UploadFailed(f"upload URL not allowed: {reason}", code="upload_not_allowed")
 
+    if isinstance(allowed_hosts, str):
+        raise TypeError("allowed_hosts is a list of hosts, not one string")
     if not isinstance(url, str) or len(url) > MAX_URL_CHARS:
         raise refuse("not a string of reasonable length")
     if _NOT_IN_URL.search(url):
@@ -395,10 +397,13 @@ def upload_delivery(
     names = [f.name for f in files]
     if len(set(names)) != len(names):
         raise ValueError("file names must be unique")
-    target = check_upload_url(url, allowed_hosts, allow_insecure_localhost=allow_insecure_localhost)
+    if isinstance(allowed_hosts, str):
+        raise TypeError("allowed_hosts is a list of hosts, not one string")
+    hosts = tuple(allowed_hosts)  # read once: it is checked again for every tus Location
+    target = check_upload_url(url, hosts, allow_insecure_localhost=allow_insecure_localhost)
     session = _Session(
         target=target,
-        allowed_hosts=tuple(allowed_hosts),
+        allowed_hosts=hosts,
         allow_insecure_localhost=allow_insecure_localhost,
         request_id=request_id,
         state=state,
