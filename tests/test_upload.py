@@ -12,15 +12,6 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from uploadservers import (
-    RecordedRequest,
-    RecordingHttpServer,
-    Reply,
-    TestTls,
-    accept_puts,
-    make_test_tls,
-    strict_http_server_running,
-)
 
 from edge.clock import ManualClock
 from edge.share.manifest import new_delivery_id
@@ -32,6 +23,15 @@ from edge.share.upload import (
     UploadStopped,
     check_upload_url,
     upload_delivery,
+)
+from uploadservers import (
+    RecordedRequest,
+    RecordingHttpServer,
+    Reply,
+    TestTls,
+    accept_puts,
+    make_test_tls,
+    strict_http_server_running,
 )
 
 FAST = UploadSettings(timeout_s=10, initial_backoff_s=0.02, max_backoff_s=0.1)
