@@ -12,6 +12,14 @@ from pathlib import Path
 
 import av
 import pytest
+
+from edge.buffer.segment import Segment
+from edge.buffer.segmenter import Segmenter
+from edge.capture import h264
+from edge.capture.encoder import make_encoder
+from edge.capture.types import EncodedPacket
+from edge.capture.virtual import VirtualCamera
+from edge.clock import ManualClock
 from videotools import (
     ListSink,
     decode,
@@ -21,14 +29,6 @@ from videotools import (
     ffprobe_stream,
     remux,
 )
-
-from edge.buffer.segment import Segment
-from edge.buffer.segmenter import Segmenter
-from edge.capture import h264
-from edge.capture.encoder import make_encoder
-from edge.capture.types import EncodedPacket
-from edge.capture.virtual import VirtualCamera
-from edge.clock import ManualClock
 
 T0_MS = 1_767_225_600_000
 FPS = 30
@@ -216,7 +216,7 @@ def test_microsecond_timestamps_like_picamera2(run_packets: list[EncodedPacket])
     ]
     segs = segment(jittered)
     assert [s.meta.frame_count for s in segs] == [60, 60, 60, 20]
-    with av.open(io.BytesIO(segs[1].mp4)) as container:
+    with av.open(io.BytesIO(segs[1].mp4), "r") as container:
         first = next(iter(container.demux(video=0)))
         assert first.pts is not None and first.time_base is not None
         assert float(first.pts * first.time_base) == pytest.approx(60 * 0.033333, abs=1e-4)

@@ -45,7 +45,7 @@ def decode(mp4: bytes | Path) -> list[DecodedFrame]:
     """Decodes every frame and reads its time strip."""
     source = io.BytesIO(mp4) if isinstance(mp4, bytes) else str(mp4)
     frames: list[DecodedFrame] = []
-    with av.open(source) as container:
+    with av.open(source, "r") as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
             luma = frame.to_ndarray(format="yuv420p")[: frame.height]  # the Y plane as coded
@@ -68,7 +68,7 @@ def remux(mp4s: list[bytes], out: Path) -> None:
     with av.open(str(out), "w", format="mp4") as output:
         out_stream = None
         for mp4 in mp4s:
-            with av.open(io.BytesIO(mp4)) as segment:
+            with av.open(io.BytesIO(mp4), "r") as segment:
                 in_stream = segment.streams.video[0]
                 if out_stream is None:
                     out_stream = output.add_stream_from_template(in_stream)
