@@ -198,3 +198,15 @@ def test_client_id_is_made_once_and_kept(tmp_path: Path) -> None:
     path.write_text("not valid!\n")
     with pytest.raises(MqttSetupError, match="not hold a valid MQTT client id"):
         load_or_create_client_id(path)
+
+
+def test_subscriptions_below_qos_1_are_not_reported_as_listening(tmp_path: Path) -> None:
+    # A broker that grants only QoS 0 keeps nothing for an offline camera:
+    # connected, but not listening the way the spec needs, and said so.
+    with MosquittoBroker(tmp_path / "broker", extra_config=["max_qos 0"]) as broker:
+        listener = make_listener(broker, Collector())
+        with listening(listener, subscribed=False):
+            stats, _ = wait_for_failure(listener)
+    assert stats.connected and not stats.subscribed
+    assert "did not grant QoS 1" in (stats.last_error or "")
+    assert "edge/v1/req/c/2/3/n/b/# (Granted QoS 0)" in (stats.last_error or "")

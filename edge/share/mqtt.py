@@ -428,7 +428,8 @@ class RequestListener:
     ) -> None:
         with self._lock:
             # Acks for messages of the old connection must not go out on the
-            # next one: the broker resends them there and the copy is acked.
+            # next one, where their packet ids may name other messages; the
+            # broker resends unacked ones there and those copies get the ack.
             self._generation += 1
             was_connected = self._connected
             self._connected = self._subscribed = False
@@ -464,7 +465,9 @@ class RequestListener:
             for topic, code in zip(self._topics, reason_codes, strict=False)
             if code.is_failure or code.value < 1
         ]
-        if refused or len(reason_codes) != len(self._topics):
+        if len(reason_codes) != len(self._topics):
+            refused.append(f"{len(reason_codes)} answers for {len(self._topics)} topics")
+        if refused:
             self._note_error("broker did not grant QoS 1 subscriptions: " + ", ".join(refused))
             return
         with self._lock:
