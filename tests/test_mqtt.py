@@ -20,10 +20,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from broker import MosquittoBroker
-from conftest import REPO_ROOT
 from paho.mqtt.enums import CallbackAPIVersion
 
+from broker import MosquittoBroker
+from conftest import REPO_ROOT
 from edge.share.mqtt import (
     IncomingMessage,
     ListenerStats,
@@ -414,3 +414,16 @@ def test_stop_is_prompt_and_state_honest_when_no_broker_listens(tmp_path: Path) 
     stopper.start()
     stopper.join(3.0)  # paho's backoff sleeps in steps of at most 1 s
     assert not stopper.is_alive()
+
+
+def test_broker_helper_keeps_its_port_and_shows_its_log(broker: MosquittoBroker) -> None:
+    # tests/broker.py is shared: check the parts other tests lean on.
+    port = broker.port
+    cursor = broker.log_cursor()
+    with listening(make_listener(broker, Collector(), client_id="camera-log")):
+        line = broker.wait_for_log(r"New client connected .* as camera-log \(p5, c0", after=cursor)
+    assert "camera-log" in line  # MQTT 5, clean start off
+    broker.restart()
+    assert broker.port == port and broker.running
+    with pytest.raises(TimeoutError, match="no mosquitto log line"):
+        broker.wait_for_log("never printed", after=broker.log_cursor(), timeout_s=0.2)
