@@ -293,24 +293,34 @@ def test_records_the_cameras_own_h264_with_exposure_times(
 
 
 def test_a_full_hand_over_queue_drops_up_to_the_next_key_frame(
-    standin: type[StandInPicamera2],
+    standin: type[StandInPicamera2], caplog: pytest.LogCaptureFixture
 ) -> None:
-    source = Picamera2Source(
-        320, 180, 30, SystemClock(), bitrate_bps=None, keyframe_interval_frames=10,
-        queue_packets=4,
-    )  # fmt: skip
-    source.start()
+    dropped = threading.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "not being taken fast enough" in record.getMessage():
+                dropped.set()
+
+    watch = Watch()
+    logging.getLogger("edge").addHandler(watch)
+    try:
+        source = Picamera2Source(
+            320, 180, 30, SystemClock(), bitrate_bps=None, keyframe_interval_frames=10,
+            queue_packets=4,
+        )  # fmt: skip
+        source.start()  # nobody reads: 4 packets fit, then the queue overflows
+        assert dropped.wait(10)
+        source.stop()
+    finally:
+        logging.getLogger("edge").removeHandler(watch)
     camera = standin.instances[0]
-    deadline = threading.Event()
-    deadline.wait(0.8)  # nobody reads for 0.8 s: about 24 frames arrive, 4 fit
-    source.stop()
     assert [name for name, _ in camera.calls][-2:] == ["stop_recording", "close"]
     kept = []
     while (packet := source.read(0.1)) is not None:
         kept.append(packet)
-    assert len(kept) == 4 and kept[0].is_keyframe
-    assert source.dropped_frames >= 15
-    assert kept[-1].sequence + 1 + source.dropped_frames >= 20
+    assert [p.sequence for p in kept] == [0, 1, 2, 3] and kept[0].is_keyframe
+    assert source.dropped_frames >= 1
 
 
 def test_says_how_to_install_picamera2_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from videotools import ListSink, ffmpeg_decodes, ffprobe_packets, ffprobe_stream, make_video, remux
 
 from edge.buffer.segmenter import Segmenter
 from edge.capture import open_source
 from edge.capture.replay import FileReplaySource, ReplayError
 from edge.capture.types import EncodedPacket
 from edge.clock import ManualClock, SystemClock
+from videotools import ListSink, ffmpeg_decodes, ffprobe_packets, ffprobe_stream, make_video, remux
 
 T0_MS = 1_767_225_600_000
 
@@ -107,8 +107,8 @@ def test_paced_in_real_time(videos: dict[str, Path]) -> None:
     start_s, start_ms = clock.monotonic_s(), clock.now_ms()
     packets = read_packets(source, 12)
     elapsed_s = clock.monotonic_s() - start_s
-    assert 11 / 30 - 0.01 <= elapsed_s < 11 / 30 + 0.2
-    assert abs(packets[0].capture_time_ms - start_ms) < 20
+    assert 11 / 30 - 0.01 <= elapsed_s < 11 / 30 + 2.0
+    assert abs(packets[0].capture_time_ms - start_ms) < 50
     assert packets[11].capture_time_ms - packets[0].capture_time_ms == round(11 * 1000 / 30)
     source.stop()
     assert source.read(5.0) is None

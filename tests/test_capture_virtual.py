@@ -6,13 +6,13 @@ import logging
 import threading
 
 import pytest
-from videotools import expected_ms
 
 from edge.capture import open_source
 from edge.capture.timestrip import read_strip
 from edge.capture.types import RawFrame
 from edge.capture.virtual import VirtualCamera
 from edge.clock import ManualClock, SystemClock
+from videotools import expected_ms
 
 T0_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -99,10 +99,10 @@ def test_paced_in_real_time_and_stop_is_prompt() -> None:
         frame = camera.read(0.5)
         if frame is not None:
             frames.append((frame, clock.monotonic_s(), clock.now_ms()))
-    assert 14 <= len(frames) <= 17
+    assert len(frames) <= 17 and frames[-1][0].sequence in range(14, 17)
     for frame, returned_s, now_ms in frames:
         assert returned_s >= start_s + frame.sequence / 30 - 0.002, "handed out before its time"
-        assert 0 <= now_ms - frame.capture_time_ms < 60
+        assert 0 <= now_ms - frame.capture_time_ms < 150, "labelled with when it was due"
 
     stopper = threading.Timer(0.05, camera.stop)
     stopper.start()

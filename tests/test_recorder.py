@@ -88,9 +88,10 @@ def test_every_captured_frame_lands_once_in_order_and_stop_keeps_the_last_segmen
     assert not {"edge-capture", "edge-encode"} & {t.name for t in threading.enumerate()}
 
     stats = recorder.stats
-    assert stats.frames_dropped == 0 and stats.errors == 0 and stats.last_error is None
+    assert stats.errors == 0 and stats.last_error is None
     assert stats.segments == len(sink.segments) >= 4, "the segment in progress was emitted"
-    assert stats.frames_captured == stats.frames_encoded
+    assert stats.frames_captured == stats.frames_encoded, "nothing lost between the threads"
+    skipped = stats.frames_dropped  # only a starved machine makes the camera skip frames
     assert sum(s.meta.frame_count for s in sink.segments) == stats.frames_captured
     frames = []
     for k, seg in enumerate(sink.segments):
@@ -101,10 +102,12 @@ def test_every_captured_frame_lands_once_in_order_and_stop_keeps_the_last_segmen
         if k < len(sink.segments) - 1:
             assert seg.meta.frame_count == 15
         frames += decoded
-    assert [f.sequence for f in frames] == list(range(stats.frames_captured))
+    sequences = [f.sequence for f in frames]
+    assert len(sequences) == stats.frames_captured
+    assert sequences == sorted(set(sequences)) and sequences[-1] == len(sequences) - 1 + skipped
     t0 = frames[0].capture_time_ms
-    for n, frame in enumerate(frames):
-        assert abs(frame.capture_time_ms - (t0 + n * 1000 / FPS)) <= 1
+    for frame in frames:
+        assert abs(frame.capture_time_ms - (t0 + frame.sequence * 1000 / FPS)) <= 1
 
 
 def test_a_slow_sink_never_stalls_capture_frames_are_dropped_counted_and_logged(
