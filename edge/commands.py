@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -209,3 +210,132 @@ def keys_init(config: Config) -> int:
     if not created:
         print(f"all keys already exist in {config.keys_dir}; nothing changed")
     return 0
+
+
+def _store(config: Config) -> Any:
+    from edge.share.store import DB_NAME, RequestStore, StoreError
+
+    if not (config.device.data_dir / DB_NAME).exists():
+        raise UserError("no requests yet: the daemon has not taken any in")
+    try:
+        return RequestStore(config.device.data_dir, SystemClock())
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def list_requests(config: Config, *, as_json: bool, show_all: bool) -> int:
+    from edge.share.store import DB_NAME
+
+    if not (config.device.data_dir / DB_NAME).exists():
+        rows: list[dict[str, Any]] = []
+    else:
+        with _store(config) as store:
+            rows = store.list(all=show_all)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no requests" + ("" if show_all else " (--all shows rejected ones too)"))
+        return 0
+    print(f"{'ID':>5}  {'STATE':<12} {'RECEIVED':<20} {'AGENCY / REASON'}")
+    for row in rows:
+        what = row.get("agency") or row.get("reason") or ""
+        if row["state"] == "rejected" and row.get("reason"):
+            what = row["reason"]
+        print(f"{row['id']:>5}  {row['state']:<12} {row['received'][:19]:<20} {what}")
+    return 0
+
+
+def _decisions(config: Config, store: Any) -> Any:
+    from edge.buffer.ring import RingReader
+    from edge.share.consent import Decisions
+    from edge.share.footage import RingFootage
+    from edge.share.outbox import Outbox
+
+    reader = RingReader.open(config.device.data_dir, keys_dir=config.keys_dir)
+    outbox = Outbox(config.device.data_dir / "outbox", config.keys_dir)
+    return reader, Decisions(store, outbox, RingFootage(reader), SystemClock())
+
+
+def _local_id(text: str) -> int:
+    if not text.isdigit() or len(text) > 12:
+        raise UserError(f"{text!r} is not a request id (see `edge requests`)", exit_code=2)
+    return int(text)
+
+
+def _who() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def approve(
+    config: Config, request_id: str, start: str | None, end: str | None, sha256: str | None
+) -> int:
+    from edge.share.review import ClipError, DecisionError
+    from edge.units import format_rfc3339_ms
+
+    local_id = _local_id(request_id)
+    now_ms = _now_ms()
+    start_ms = _time_arg(start, "--start", now_ms) if start else None
+    end_ms = _time_arg(end, "--end", now_ms) if end else None
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise UserError("--sha256 must be 64 hexadecimal characters", exit_code=2)
+    with _store(config) as store:
+        reader, decisions = _decisions(config, store)
+        with reader:
+            try:
+                clip = decisions.approve(
+                    local_id,
+                    start_ms=start_ms,
+                    end_ms=end_ms,
+                    sha256=sha256,
+                    channel="cli",
+                    decided_by=_who(),
+                    require_shown=False,
+                )
+            except (DecisionError, ClipError) as exc:
+                raise UserError(str(exc)) from None
+    print(
+        f"approved request {local_id}: footage {format_rfc3339_ms(clip.first_frame_ms)} to "
+        f"{format_rfc3339_ms(clip.last_frame_ms)}, {clip.size_bytes} bytes, sha256 {clip.sha256}"
+    )
+    print("the daemon uploads it to the agency; `edge requests` shows when it is delivered")
+    return 0
+
+
+def deny(config: Config, request_id: str) -> int:
+    from edge.share.review import DecisionError
+
+    local_id = _local_id(request_id)
+    with _store(config) as store:
+        reader, decisions = _decisions(config, store)
+        with reader:
+            try:
+                decisions.deny(local_id, channel="cli", decided_by=_who())
+            except DecisionError as exc:
+                raise UserError(str(exc)) from None
+    print(f"denied request {local_id}: nothing is sent, now or later")
+    return 0
+
+
+def audit_verify(config: Config, head: str | None) -> int:
+    from edge.share.audit import verify
+
+    log_dir = config.device.data_dir / "audit"
+    if not log_dir.is_dir():
+        raise UserError(f"{log_dir} does not exist: no audit log yet")
+    try:
+        result = verify(log_dir, head=head)
+    except ValueError as exc:
+        raise UserError(str(exc), exit_code=2) from None
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.ok:
+        print(result.summary())
+        return 0
+    print(f"edge: audit log: {result.summary()}", file=sys.stderr)
+    return 1

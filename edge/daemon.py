@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.buffer.ring import Ring, RingError
 from edge.buffer.segmenter import Segmenter
@@ -29,6 +29,9 @@ from edge.recorder import Recorder
 from edge.share.verify import Location, Policy, Trust
 from edge.systemd_notify import SystemdNotifier
 from edge.units import format_rfc3339_ms
+
+if TYPE_CHECKING:
+    from edge.sharing import Sharing
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,26 @@ def build_recorder(config: Config, ring: Ring, clock: Clock, run_id: str) -> Rec
     return Recorder(source, segmenter, clock, encoder=encoder)
 
 
+def build_sharing(config: Config, ring: Ring, clock: Clock) -> Sharing | None:
+    """The sharing side, when the config enables it. Imported only then: a camera that
+    only records never loads the MQTT, web or notification code."""
+    from edge.sharing import Sharing, sharing_disabled_reason
+
+    disabled_reason = sharing_disabled_reason(config)
+    if disabled_reason is not None:
+        log.info("not listening for requests: %s", disabled_reason)
+        return None
+    from edge.share.mqtt import MqttSetupError
+    from edge.share.notify import NotifyConfigError
+    from edge.share.outbox import OutboxError
+    from edge.share.store import StoreError
+
+    try:
+        return Sharing.build(config, ring, clock)
+    except (NotifyConfigError, MqttSetupError, StoreError, OutboxError) as exc:
+        raise StartupError(str(exc)) from None
+
+
 @dataclass
 class Daemon:
     """One `edge run`. Built by ``Daemon.build``; ``run`` blocks until stopped."""
@@ -117,6 +140,7 @@ class Daemon:
     ring: Ring
     recorder: Recorder
     run_id: str
+    sharing: Sharing | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
 
@@ -127,14 +151,18 @@ class Daemon:
         ring = open_ring(config, clock)
         try:
             recorder = build_recorder(config, ring, clock, run_id)
+            sharing = build_sharing(config, ring, clock)
         except BaseException:
             ring.close()
             raise
-        return cls(config=config, clock=clock, ring=ring, recorder=recorder, run_id=run_id)
+        return cls(
+            config=config, clock=clock, ring=ring, recorder=recorder, run_id=run_id, sharing=sharing
+        )
 
     def status(self) -> dict[str, Any]:
         stats = self.recorder.stats
-        return {
+        sharing = self.sharing.status() if self.sharing is not None else {}
+        return sharing | {
             "pid": os.getpid(),
             "run_id": self.run_id,
             "updated": format_rfc3339_ms(self.clock.now_ms()),
@@ -158,6 +186,8 @@ class Daemon:
 
     def run(self, duration_s: float | None = None) -> int:
         self.recorder.start()
+        if self.sharing is not None:
+            self.sharing.start()
         self.notifier.ready(f"recording {self.config.camera.source} camera")
         log.info(
             "recording: %s camera %dx%d at %d fps into %s",
@@ -194,6 +224,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        if self.sharing is not None:
+            self.sharing.stop()
         self.recorder.stop()
         self.ring.close()
         stats = self.recorder.stats

@@ -126,6 +126,12 @@ class Intake:
             )
             if held_ms <= 0:
                 reason = "no_footage"
+                if self._settings.exclude_unsynced and self._footage.footage_ms(
+                    request.window_start_ms, request.window_end_ms, synced_only=False
+                ):
+                    # policy.unsynced_footage = "exclude": times recorded before the
+                    # clock was synchronised cannot be trusted to be in the window.
+                    reason = "unsynced_footage_only"
         state: AcceptedState = "pending" if reason is None else "not_matching"
         decide_by_ms = now_ms + int(self._settings.decision_timeout_s * 1000)
         result = self._store.accept(

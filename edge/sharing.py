@@ -1,0 +1,221 @@
+"""The sharing side of the daemon, wired from the config: hear, ask, decide, deliver.
+
+Part of the composition root (edge.daemon builds it after recording is up).
+Every part is optional in the sense that a broker that is down, or a notifier
+that fails, shows in the status and is retried; none of it can stop recording.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.buffer.ring import Ring
+from edge.clock import Clock
+from edge.config import Config
+from edge.share.audit import AuditLog
+from edge.share.consent import ConsentService, ConsentSettings
+from edge.share.footage import RingFootage
+from edge.share.geohash import subscription_topics
+from edge.share.intake import Intake, IntakeSettings
+from edge.share.mqtt import IncomingMessage, RequestListener
+from edge.share.notify import DeliveryReport, PromptDispatcher, build_notifiers
+from edge.share.outbox import Outbox
+from edge.share.prompt import system_time_zone_name
+from edge.share.review import ReviewServer
+from edge.share.store import RequestStore
+from edge.share.tokens import TokenStore
+from edge.share.verify import Location, Policy, Trust
+
+log = logging.getLogger(__name__)
+
+CLIENT_ID_FILE = "mqtt-client-id"
+
+
+def sharing_disabled_reason(config: Config) -> str | None:
+    """Why the daemon only records (None: it listens for requests too)."""
+    if not config.mqtt.host:
+        return "mqtt.host is empty"
+    if not config.location_known:
+        return "device.latitude/longitude are not set"
+    if not config.trust.platform_keys:
+        return "trust.platform_keys is empty: no request could be trusted"
+    return None
+
+
+def stable_client_id(data_dir: Path) -> str:
+    """A random MQTT client id kept across restarts (the broker's persistent session).
+
+    Random rather than derived from anything about the device: the broker
+    learns nothing from it but that the same camera came back.
+    """
+    path = data_dir / CLIENT_ID_FILE
+    try:
+        existing = path.read_text().strip()
+        if existing and len(existing) <= 64 and existing.isascii():
+            return existing
+    except FileNotFoundError:
+        pass
+    client_id = f"edge-{secrets.token_hex(8)}"
+    path.write_text(client_id + "\n")
+    return client_id
+
+
+@dataclass
+class Sharing:
+    audit: AuditLog
+    store: RequestStore
+    tokens: TokenStore
+    outbox: Outbox
+    dispatcher: PromptDispatcher
+    consent: ConsentService
+    intake: Intake
+    listener: RequestListener
+    review: ReviewServer | None
+
+    @classmethod
+    def build(cls, config: Config, ring: Ring, clock: Clock) -> Sharing:
+        assert config.device.latitude is not None and config.device.longitude is not None
+        data_dir = config.device.data_dir
+        location = Location(lat=config.device.latitude, lon=config.device.longitude)
+        policy = Policy(
+            max_window_s=config.policy.max_window_s,
+            max_radius_m=config.policy.max_radius_m,
+            allow_insecure_localhost=config.upload.allow_insecure_localhost,
+        )
+        time_zone = config.device.timezone or system_time_zone_name()
+        exclude_unsynced = config.policy.unsynced_footage == "exclude"
+        footage = RingFootage(ring)
+        audit = AuditLog(data_dir / "audit", clock).open()
+        store = RequestStore(data_dir, clock)
+        tokens = TokenStore(data_dir / "tokens.db")
+        outbox = Outbox(data_dir / "outbox", config.keys_dir)
+
+        def on_report(report: DeliveryReport) -> None:  # runs on edge-notify-* threads
+            if report.delivered:
+                audit.append(
+                    "notified", id=report.request_id, what=report.message, via=report.notifier
+                )
+            elif report.final:
+                log.error(
+                    "%s for request %s not delivered by %s: %s",
+                    report.message,
+                    report.request_id,
+                    report.notifier,
+                    report.error,
+                )
+
+        notifiers = build_notifiers(
+            ntfy_url=config.notify.ntfy_url,
+            ntfy_token_file=config.notify.ntfy_token_file,
+            webhook_url=config.notify.webhook_url,
+            console=config.notify.console,
+        )
+        if not notifiers:
+            log.warning(
+                "no notifier is enabled ([notify]): pending requests wait for `edge requests`"
+            )
+        dispatcher = PromptDispatcher(notifiers, clock=clock, on_report=on_report)
+        consent = ConsentService(
+            ConsentSettings(
+                location=location,
+                time_zone=time_zone,
+                review_url=config.review.url if config.review.listen else "",
+                exclude_unsynced=exclude_unsynced,
+            ),
+            store,
+            tokens,
+            audit,
+            footage,
+            ring,
+            outbox,
+            dispatcher,
+            clock,
+        )
+        intake = Intake(
+            IntakeSettings(
+                trust=Trust(config.trust.platform_keys),
+                policy=policy,
+                location=location,
+                decision_timeout_s=config.policy.decision_timeout_s,
+                exclude_unsynced=exclude_unsynced,
+            ),
+            store,
+            audit,
+            footage,
+            clock,
+            on_pending=consent.prompt,
+        )
+
+        def handle(message: IncomingMessage) -> None:
+            intake.handle(message.topic, message.payload)
+
+        mqtt = config.mqtt
+        listener = RequestListener(
+            mqtt.host,
+            mqtt.port,
+            client_id=mqtt.client_id or stable_client_id(data_dir),
+            topics=subscription_topics(
+                location.lat, location.lon, mqtt.geohash_precision, mqtt.topic_prefix
+            ),
+            handler=handle,
+            username=mqtt.username or None,
+            password_file=mqtt.password_file,
+            tls_ca=mqtt.tls_ca,
+            tls_cert=mqtt.tls_cert,
+            tls_key=mqtt.tls_key,
+        )
+        review = None
+        if config.review.listen:
+            review = ReviewServer(
+                config.review.listen,
+                consent,
+                tokens,
+                clock,
+                tls_cert=config.review.tls_cert,
+                tls_key=config.review.tls_key,
+            )
+        return cls(audit, store, tokens, outbox, dispatcher, consent, intake, listener, review)
+
+    def start(self) -> None:
+        self.dispatcher.start()
+        self.consent.start()
+        if self.review is not None:
+            self.review.start()
+        self.listener.start()
+
+    def stop(self) -> None:
+        # Inputs first (no new work), then the workers, then the records.
+        self.listener.stop()
+        if self.review is not None:
+            self.review.stop()
+        self.consent.stop()
+        self.dispatcher.stop()
+        self.tokens.close()
+        self.store.close()
+        self.audit.close()
+
+    def status(self) -> dict[str, Any]:
+        link = self.listener.stats
+        broker = "connected" if link.connected else f"not connected ({link.last_error or 'trying'})"
+        parts = {
+            "broker": broker + (f", {link.received} messages" if link.connected else ""),
+            "requests": ", ".join(f"{n} {state}" for state, n in self.store.counts().items() if n)
+            or "none yet",
+        }
+        if self.review is not None:
+            parts["review"] = f"serving on port {self.review.port}"
+        return {
+            "parts": parts,
+            "broker": {
+                "connected": link.connected,
+                "subscribed": link.subscribed,
+                "received": link.received,
+                "dropped_oversize": link.dropped_oversize,
+                "dropped_overflow": link.dropped_overflow,
+                "last_error": link.last_error,
+            },
+        }
