@@ -32,8 +32,12 @@ from cryptography.x509.oid import NameOID
 from flask.testing import FlaskClient
 
 from edge.clock import ManualClock
+from edge.share.notify import NtfyNotifier
+from edge.share.prompt import Prompt
 from edge.share.review import (
     CONTENT_SECURITY_POLICY,
+    ClipError,
+    DecisionError,
     RateLimit,
     RequestView,
     ReviewLimits,
@@ -200,6 +204,21 @@ def test_no_plaintext_footage_reaches_the_disk(setup: Setup) -> None:
         assert plaintext[middle: middle + 256] not in on_disk
 
 
+def test_a_window_without_footage_says_so_and_still_lets_the_owner_deny(setup: Setup) -> None:
+    def no_footage(request_id: str, start_ms: int, end_ms: int) -> object:
+        raise ClipError("no footage of that window: the buffer holds none")
+
+    setup.backend.clip = no_footage  # type: ignore[assignment,method-assign]
+    response = setup.client.get(f"/r/{setup.review_token}")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert "no footage of that window" in page
+    assert "<video" not in page and 'id="approve"' not in page and 'id="deny"' in page
+    denied = setup.client.post(f"/r/{setup.review_token}/deny",
+                               data={"csrf": field_value(page, "csrf")})
+    assert denied.status_code == 303
+
+
 # --- Narrowing -----------------------------------------------------------------------------
 
 
@@ -325,12 +344,29 @@ def test_a_changed_clip_is_shown_again_before_anything_is_spent(setup: Setup) ->
     assert setup.tokens.peek(setup.review_token, NOW_MS).request_id == "r7k2"
 
 
-def test_a_refused_decision_says_why_and_how_to_decide_on_the_device(setup: Setup) -> None:
+def test_a_decision_refused_by_the_backend_says_why_and_how_to_decide_on_the_device(
+        setup: Setup) -> None:
     page = setup.client.get(f"/r/{setup.review_token}").get_data(as_text=True)
     form = {name: field_value(page, name) for name in ("csrf", "start", "end", "sha256")}
-    setup.clock.advance_ms(DECIDE_BY_MS - NOW_MS)  # the backend's deadline; the token's too
+
+    def refuse(request_id: str, **_: object) -> None:
+        raise DecisionError("the outbox is full <b>now</b>")
+
+    setup.backend.approve = refuse  # type: ignore[method-assign,assignment]
     response = setup.client.post(f"/r/{setup.review_token}/approve", data=form)
-    assert response.status_code == 403  # the token expired with the request
+    assert response.status_code == 409
+    text = response.get_data(as_text=True)
+    assert "the outbox is full &lt;b&gt;now&lt;/b&gt; This link is used up." in text
+    assert "On the device: edge approve r7k2 or edge deny r7k2." in text
+    assert 'id="approve"' not in text  # the status page: nothing more to press
+
+
+def test_a_link_past_the_deadline_decides_nothing(setup: Setup) -> None:
+    page = setup.client.get(f"/r/{setup.review_token}").get_data(as_text=True)
+    form = {name: field_value(page, name) for name in ("csrf", "start", "end", "sha256")}
+    setup.clock.advance_ms(DECIDE_BY_MS - NOW_MS)  # the token expires with the request
+    response = setup.client.post(f"/r/{setup.review_token}/approve", data=form)
+    assert response.status_code == 403
     assert setup.backend.decisions == []
 
 
@@ -360,6 +396,45 @@ def test_deny_action_with_the_token_in_the_body(setup: Setup) -> None:
                                  content_type="text/plain")
     assert response.status_code == 200
     assert setup.backend.decisions == [("r7k2", "denied", "prompt-action")]
+
+
+def test_the_ntfy_deny_action_as_published_denies_over_http(tmp_path: Path) -> None:
+    """The "Deny" button of the ntfy message edge publishes, pressed as the ntfy app does:
+    the action's method, URL, headers and body, sent to the running server."""
+    clock = ManualClock(NOW_MS)
+    tokens = TokenStore(tmp_path / "tokens.db")
+    backend = StandInConsent(tmp_path / "outbox", tokens, clock)
+    backend.add(request_view())
+    server = ReviewServer("127.0.0.1:0", backend, tokens, clock)
+    server.start()
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        view = backend.view("r7k2")
+        assert view is not None
+        prompt = Prompt(
+            request_id="r7k2", agency_name=view.agency_name, agency_kind="police",
+            title=view.title, description=view.description, case_ref=view.case_ref,
+            public_url=view.public_url, window_start_ms=view.window_start_ms,
+            window_end_ms=view.window_end_ms, time_zone=view.time_zone,
+            distance_m=view.distance_m, footage_held_s=view.footage_held_s,
+            footage_lost_to_pin_cap=False, footage_clock_unsynced=False,
+            decide_by_ms=view.decide_by_ms,
+            review_url=f"{base}/r/{tokens.issue('r7k2', 'review', DECIDE_BY_MS)}",
+            deny_url=f"{base}/a", deny_token=tokens.issue("r7k2", "deny", DECIDE_BY_MS),
+            audit_head="a1b2c3d4")
+        message = NtfyNotifier("https://ntfy.invalid/porch").prompt_message(prompt)
+        [deny] = [action for action in message["actions"] if action["label"] == "Deny"]
+        press = urllib.request.Request(deny["url"], data=deny.get("body", "").encode(),
+                                       method=deny.get("method", "POST"),
+                                       headers=deny.get("headers", {}))
+        with urllib.request.urlopen(press, timeout=10) as answer:
+            assert answer.status == 200
+        assert backend.decisions == [("r7k2", "denied", "prompt-action")]
+        with pytest.raises(urllib.error.HTTPError) as again:
+            urllib.request.urlopen(press, timeout=10)
+        assert again.value.code == 403
+    finally:
+        server.stop()
 
 
 def test_tokens_only_work_for_their_own_purpose(setup: Setup) -> None:

@@ -144,7 +144,8 @@ class ReviewBackend(Protocol):
 
     def clip(self, request_id: str, start_ms: int, end_ms: int) -> ClipHandle:
         """Builds (or reuses: called for every page view and every range request) the
-        sealed clip of that window; raises ClipError when none can be made."""
+        sealed clip of that window; raises ClipError when none can be made (or
+        DecisionError when the request is no longer pending)."""
         ...
 
     def approve(self, request_id: str, *, start_ms: int, end_ms: int, sha256: str,
@@ -313,12 +314,12 @@ class _Refusal(Exception):
 
 
 def create_app(backend: ReviewBackend, tokens: TokenStore, clock: Clock, *,
-               secure: bool = False, limits: ReviewLimits | None = None,
+               limits: ReviewLimits | None = None,
                stop_event: threading.Event | None = None) -> Flask:
     """The review page as a WSGI application (tests drive it with Flask's test client).
 
-    ``secure``: served over HTTPS. ``stop_event``: once set, open clip streams end at
-    their next chunk (the server sets it on stop).
+    ``stop_event``: once set, open clip streams end at their next chunk (the server
+    sets it on stop).
     """
     limits = limits or ReviewLimits()
     stop_event = stop_event or threading.Event()
@@ -329,7 +330,6 @@ def create_app(backend: ReviewBackend, tokens: TokenStore, clock: Clock, *,
         MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES,
         MAX_FORM_PARTS=20,
         SEND_FILE_MAX_AGE_DEFAULT=0,
-        PREFERRED_URL_SCHEME="https" if secure else "http",
     )
     # The CSRF key lives only in memory: a restart makes open forms stale (the owner
     # reloads), and nothing on disk lets anyone compute a form token.
@@ -410,7 +410,7 @@ def create_app(backend: ReviewBackend, tokens: TokenStore, clock: Clock, *,
         clip_error: str | None = None
         try:
             clip = backend.clip(view.request_id, start_ms, end_ms)
-        except ClipError as exc:
+        except (ClipError, DecisionError) as exc:
             clip_error = clean_text(str(exc), max_chars=300) or "No clip can be made."
         tz = zone(view.time_zone)
         narrowed = (start_ms, end_ms) != (view.window_start_ms, view.window_end_ms)
@@ -444,7 +444,7 @@ def create_app(backend: ReviewBackend, tokens: TokenStore, clock: Clock, *,
 
     @app.errorhandler(_Refusal)
     def refused(exc: _Refusal) -> Response:
-        if request.path.startswith("/a"):
+        if request.path == "/a" or request.path.startswith("/a/"):  # the prompt's action
             response = Response(exc.message + "\n", status=exc.status, mimetype="text/plain")
         else:
             response = Response(render_template("error.html", message=exc.message),
@@ -505,7 +505,7 @@ def create_app(backend: ReviewBackend, tokens: TokenStore, clock: Clock, *,
             raise _Refusal(400, str(exc)) from None
         try:
             handle = backend.clip(request_id, start_ms, end_ms)
-        except ClipError as exc:
+        except (ClipError, DecisionError) as exc:
             raise _Refusal(404, clean_text(str(exc), max_chars=300)) from None
         return _clip_response(handle, streams, stop_event)
 
@@ -531,7 +531,7 @@ def create_app(backend: ReviewBackend, tokens: TokenStore, clock: Clock, *,
         # changed costs the owner nothing: the token is still unspent.
         try:
             current = backend.clip(request_id, start_ms, end_ms).sha256
-        except ClipError as exc:
+        except (ClipError, DecisionError) as exc:
             return render_review(token, view, start_ms, end_ms, status=409,
                                  error=clean_text(str(exc), max_chars=300))
         if current != sha256:
@@ -565,11 +565,12 @@ def create_app(backend: ReviewBackend, tokens: TokenStore, clock: Clock, *,
     def decision_refused(request_id: str, exc: DecisionError) -> Response:
         log.warning("request %s: decision on the review page refused: %s", request_id, exc)
         message = (clean_text(str(exc), max_chars=300) or "The decision was refused.") + \
-            f" This link is used up; on the device: edge approve {request_id} " \
-            f"or edge deny {request_id}."
+            " This link is used up."
         view = backend.view(request_id)
         if view is None:
             raise _Refusal(409, message)
+        if view.state == "pending":
+            message += f" On the device: edge approve {request_id} or edge deny {request_id}."
         return render_status(view, notice=message, status=409)
 
     @app.get("/s/<receipt>")
@@ -815,8 +816,8 @@ class ReviewServer:
         self._tls = (tls_cert, tls_key) if tls_cert is not None and tls_key is not None \
             else None
         self._stop_event = threading.Event()
-        self.app = create_app(backend, tokens, clock, secure=self._tls is not None,
-                              limits=limits, stop_event=self._stop_event)
+        self.app = create_app(backend, tokens, clock, limits=limits,
+                              stop_event=self._stop_event)
         self._lock = threading.Lock()  # guards _server and _thread (start/stop callers)
         self._server: Any = None
         self._thread: threading.Thread | None = None
