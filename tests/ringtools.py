@@ -21,10 +21,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 import av
-import numpy as np
 
 if __package__ in (None, ""):  # run as a script by the power-cut test
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,6 +33,9 @@ import itertools
 from edge.buffer.ring import Ring
 from edge.buffer.segment import Segment, SegmentMeta
 from edge.clock import Clock, ManualClock
+
+if TYPE_CHECKING:
+    import numpy as np
 
 STAMP_BITS = 20
 STAMP_BLOCK = 16  # macroblock-sized so compression keeps each block bright or dark
@@ -84,6 +86,8 @@ def make_segments(spec: RunSpec) -> tuple[Segment, ...]:
     }
     # Out-of-band SPS/PPS (extradata), as an MP4 wants them.
     encoder.flags = encoder.flags | av.codec.context.Flags.global_header
+    import numpy as np  # here, not at the top: the power-cut child starts faster without it
+
     rng = np.random.default_rng(spec.first_frame_number)
     total = spec.count * spec.frames_per_segment
     packets: list[av.Packet] = []
@@ -123,6 +127,8 @@ def make_segments(spec: RunSpec) -> tuple[Segment, ...]:
 def stamped_frame(
     spec: RunSpec, frame_number: int, index_in_run: int, rng: np.random.Generator
 ) -> av.VideoFrame:
+    import numpy as np
+
     height, width = spec.height, spec.width
     luma = np.empty((height, width), np.uint8)
     # A slowly moving gradient so frames differ like a real scene.
@@ -293,7 +299,7 @@ def _all_files(root: Path) -> Iterator[Path]:
 # every few segments exports the last seconds into a hashing sink.
 
 
-def write_segment_frame(stream: io.BufferedWriter, segment: Segment) -> None:
+def write_segment_frame(stream: IO[bytes], segment: Segment) -> None:
     meta = json.dumps(_meta_dict(segment.meta)).encode()
     stream.write(struct.pack(">I", len(meta)) + meta + struct.pack(">I", len(segment.mp4)))
     stream.write(segment.mp4)
@@ -303,7 +309,7 @@ def _meta_dict(meta: SegmentMeta) -> dict[str, object]:
     return {name: getattr(meta, name) for name in SegmentMeta.__slots__}
 
 
-def read_segment_frames(stream: io.BufferedReader) -> Iterator[Segment]:
+def read_segment_frames(stream: IO[bytes]) -> Iterator[Segment]:
     while True:
         header = stream.read(4)
         if len(header) < 4:
