@@ -181,8 +181,10 @@ def test_misuse_is_refused_at_construction(tmp_path: Path) -> None:
         make(password_file=tmp_path / "pw")
     with pytest.raises(ValueError, match="go together"):
         make(tls_ca=tmp_path / "ca", tls_cert=tmp_path / "cert")
-    with pytest.raises(ValueError, match="client_id"):
+    with pytest.raises(MqttSetupError, match=r"mqtt\.client_id"):
         make(client_id="")
+    with pytest.raises(MqttSetupError, match=r"mqtt\.client_id 'my camera'"):
+        make(client_id="my camera")
     with pytest.raises(ValueError, match="topic"):
         make(topics=[])
     with pytest.raises(ValueError, match="needs TLS"):

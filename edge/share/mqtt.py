@@ -232,8 +232,10 @@ class RequestListener:
             raise ValueError("host is empty")
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} outside 1..65535")
-        if not CLIENT_ID_RE.fullmatch(client_id):
-            raise ValueError("client_id: use 1 to 64 letters, digits, '.', '-' or '_'")
+        if not CLIENT_ID_RE.fullmatch(client_id):  # from the config: a user's mistake
+            raise MqttSetupError(
+                f"mqtt.client_id {client_id!r}: use 1 to 64 letters, digits, '.', '-' or '_'"
+            )
         if not topics or any(not t or "\0" in t for t in topics):
             raise ValueError(f"bad topic list {list(topics)!r}")
         if password_file is not None and not username:
