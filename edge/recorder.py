@@ -137,9 +137,13 @@ class Recorder:
         last_drop_log_s: float | None = None
         drops_since_log = 0
         try:
-            while not self._stop_event.is_set():
+            while True:
+                # After a stop, keep reading what the source still holds (picamera2 hands
+                # over its last packets as it stops); a stopped source then returns None.
                 item = self._source.read(READ_TIMEOUT_S)
                 if item is None:
+                    if self._stop_event.is_set():
+                        break
                     continue
                 self._captured += 1
                 if skip_to_keyframe:

@@ -89,6 +89,7 @@ class StandInH264Encoder:
         self._output: list[StandInOutput] = []
         self._running = False
         self._ctx: Any = None
+        self.frames_output = 0  # frames handed to the outputs (test bookkeeping)
 
     @property
     def output(self) -> Any:
@@ -140,6 +141,7 @@ class StandInH264Encoder:
         self, frame: Any, keyframe: bool = True, timestamp: int | None = None, packet: Any = None,
         audio: bool = False,
     ) -> None:  # fmt: skip
+        self.frames_output += 1
         for out in self._output:
             out.outputframe(frame, keyframe, timestamp, packet, audio)
 
@@ -274,6 +276,7 @@ def test_records_the_cameras_own_h264_with_exposure_times(
 
     stats = recorder.stats
     assert stats.errors == 0 and stats.frames_dropped == 0
+    assert stats.frames_captured == encoder.frames_output, "the packets flushed at stop are kept"
     assert sum(s.meta.frame_count for s in sink.segments) == stats.frames_captured >= 30
     seen = []
     for seg in sink.segments:

@@ -121,7 +121,10 @@ class Source(Protocol):
         ...
 
     def read(self, timeout_s: float) -> RawFrame | EncodedPacket | None:
-        """The next frame, or None if none came within ``timeout_s`` or the source stopped."""
+        """The next frame, or None if none came within ``timeout_s``.
+
+        After ``stop`` it returns what the source still holds, then None.
+        """
         ...
 
 
