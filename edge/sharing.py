@@ -16,8 +16,10 @@ from typing import Any
 from edge.buffer.ring import Ring
 from edge.clock import Clock
 from edge.config import Config
+from edge.keys import load_signing_key
 from edge.share.audit import AuditLog
 from edge.share.consent import ConsentService, ConsentSettings
+from edge.share.delivery import DeliverySettings, DeliveryWorker
 from edge.share.footage import RingFootage
 from edge.share.geohash import subscription_topics
 from edge.share.intake import Intake, IntakeSettings
@@ -72,6 +74,7 @@ class Sharing:
     outbox: Outbox
     dispatcher: PromptDispatcher
     consent: ConsentService
+    delivery: DeliveryWorker
     intake: Intake
     listener: RequestListener
     review: ReviewServer | None
@@ -119,6 +122,14 @@ class Sharing:
                 "no notifier is enabled ([notify]): pending requests wait for `edge requests`"
             )
         dispatcher = PromptDispatcher(notifiers, clock=clock, on_report=on_report)
+        delivery = DeliveryWorker(
+            DeliverySettings(allow_insecure_localhost=config.upload.allow_insecure_localhost),
+            store,
+            outbox,
+            audit,
+            load_signing_key(config.keys_dir),
+            clock,
+        )
         consent = ConsentService(
             ConsentSettings(
                 location=location,
@@ -178,11 +189,14 @@ class Sharing:
                 tls_cert=config.review.tls_cert,
                 tls_key=config.review.tls_key,
             )
-        return cls(audit, store, tokens, outbox, dispatcher, consent, intake, listener, review)
+        return cls(
+            audit, store, tokens, outbox, dispatcher, consent, delivery, intake, listener, review
+        )
 
     def start(self) -> None:
         self.dispatcher.start()
         self.consent.start()
+        self.delivery.start()
         if self.review is not None:
             self.review.start()
         self.listener.start()
@@ -193,6 +207,7 @@ class Sharing:
         if self.review is not None:
             self.review.stop()
         self.consent.stop()
+        self.delivery.stop()
         self.dispatcher.stop()
         self.tokens.close()
         self.store.close()
@@ -208,6 +223,8 @@ class Sharing:
         }
         if self.review is not None:
             parts["review"] = f"serving on port {self.review.port}"
+        if self.delivery.active_request is not None:
+            parts["upload"] = f"delivering request {self.delivery.active_request}"
         return {
             "parts": parts,
             "broker": {

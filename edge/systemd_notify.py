@@ -16,9 +16,9 @@ class SystemdNotifier:
             address = "\0" + address[1:]  # abstract namespace socket
         self._address = address
         watchdog_usec = os.environ.get("WATCHDOG_USEC", "")
-        self.watchdog_interval_s = (
-            int(watchdog_usec) / 2_000_000 if watchdog_usec.isdigit() and int(watchdog_usec) else None
-        )
+        self.watchdog_interval_s: float | None = None
+        if watchdog_usec.isdigit() and int(watchdog_usec):
+            self.watchdog_interval_s = int(watchdog_usec) / 2_000_000  # ping at half the limit
 
     @property
     def enabled(self) -> bool:

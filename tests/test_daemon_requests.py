@@ -1,8 +1,11 @@
 """The daemon as a real process: records, hears a signed request on a real broker,
-prompts the owner (console), and takes the owner's decision from the CLI."""
+prompts the owner (console), takes the owner's decision from the CLI, and delivers
+an approved clip to the tus project's own server; a denied request sends nothing."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import signal
 import subprocess
@@ -17,7 +20,10 @@ from broker import MosquittoBroker
 from conftest import REPO_ROOT, run_edge
 from edge.share.geohash import encode, request_topic
 from edge.share.verify import Location
+from edge.units import parse_rfc3339_ms
 from signing import PLATFORM_KEY, make_payload, public_b64, rfc3339
+from uploadservers import TusServer, require_tus_server
+from videotools import decode
 
 LAT, LON = 47.6062, -122.3321
 
@@ -38,6 +44,17 @@ def wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped
 def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
     with MosquittoBroker(tmp_path / "broker") as running:
         yield running
+
+
+@pytest.fixture
+def tus(tmp_path: Path) -> Iterator[TusServer]:
+    require_tus_server()
+    server = TusServer(tmp_path / "uploads")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -68,6 +85,8 @@ platform_keys = ["{public_b64(PLATFORM_KEY)}"]
 unsynced_footage = "warn"
 [notify]
 console = true
+[upload]
+allow_insecure_localhost = true
 """
     )
     log_path = tmp_path / "daemon.log"
@@ -93,8 +112,8 @@ def requests_json(config: Path, *extra: str) -> list[dict[str, object]]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def test_request_becomes_pending_and_owner_approves_on_cli(
-    daemon: tuple[Path, subprocess.Popen[bytes]], broker: MosquittoBroker
+def test_request_pending_approved_on_cli_and_delivered(
+    daemon: tuple[Path, subprocess.Popen[bytes]], broker: MosquittoBroker, tus: TusServer
 ) -> None:
     config, process = daemon
 
@@ -108,33 +127,82 @@ def test_request_becomes_pending_and_owner_approves_on_cli(
     )
     now_s = time.time()
     location = Location(lat=LAT, lon=LON)
-    payload = make_payload(
-        now_s=now_s,
-        location=location,
-        request_overrides={"window": {"start": rfc3339(now_s - 600), "end": rfc3339(now_s - 1)}},
-    )
+    window = {"start": rfc3339(now_s - 600), "end": rfc3339(now_s - 1)}
+    upload = {"url": f"{tus.url}/files/", "protocol": "tus"}
+
+    def payload() -> bytes:
+        return make_payload(
+            now_s=now_s,
+            location=location,
+            cert_overrides={"upload_hosts": ["127.0.0.1"]},
+            request_overrides={"window": window, "upload": upload},
+        )
+
+    approved_payload, denied_payload = payload(), payload()
     # Published to a coarse cell (precision 3) and to a fine one (precision 7): one request.
     with broker.publisher() as publisher:
-        publisher.publish(request_topic("edge", encode(LAT, LON, 3)), payload)
-        publisher.publish(request_topic("edge", encode(LAT, LON, 7)), payload)
+        publisher.publish(request_topic("edge", encode(LAT, LON, 3)), approved_payload)
+        publisher.publish(request_topic("edge", encode(LAT, LON, 7)), approved_payload)
+        publisher.publish(request_topic("edge", encode(LAT, LON, 5)), denied_payload)
         publisher.publish(request_topic("edge", "c23nb"), b"not json at all")
     pending = wait_for(
-        lambda: [r for r in requests_json(config) if r["state"] == "pending"], 30, "pending"
+        lambda: (
+            [r for r in requests_json(config) if r["state"] == "pending"] * 0
+            or (lambda rows: rows if len(rows) == 2 else [])(
+                [r for r in requests_json(config) if r["state"] == "pending"]
+            )
+        ),
+        30,
+        "two pending requests",
     )
-    assert len(pending) == 1
+    approved_id, denied_id = str(pending[0]["id"]), str(pending[1]["id"])
     rejected = wait_for(
         lambda: [r for r in requests_json(config, "--all") if r["state"] == "rejected"],
         30,
         "rejected",
     )
     assert rejected[0]["reason"] == "bad_payload"
-    request_id = str(pending[0]["id"])
-    result = run_edge("--config", str(config), "approve", request_id, "--start", "-300s")
+
+    assert run_edge("--config", str(config), "deny", denied_id).returncode == 0
+    result = run_edge("--config", str(config), "approve", approved_id, "--start", "-300s")
     assert result.returncode == 0, result.stderr
     assert b"approved request" in result.stdout
-    again = run_edge("--config", str(config), "deny", request_id)
+    again = run_edge("--config", str(config), "deny", approved_id)
     assert again.returncode == 1
-    assert b"approved, not pending" in again.stderr
+    assert b"not pending" in again.stderr
+
+    delivered = wait_for(
+        lambda: [r for r in requests_json(config) if r["state"] == "delivered"], 60, "delivered"
+    )
+    assert [r["id"] for r in delivered] == [int(approved_id)]
+    record = delivered[0]
+    uploads = tus.stored_uploads()
+    delivery_id = record["delivery_id"]
+    # Exactly the approved request's two files, and nothing for the denied one.
+    assert set(uploads) == {f"{delivery_id}.mp4", f"{delivery_id}.manifest.jws"}
+    assert {u.metadata.get("request_id") for u in uploads.values()} == {pending[0]["jti"]}
+    clip = uploads[f"{delivery_id}.mp4"].data()
+    assert hashlib.sha256(clip).hexdigest() == record["clip_sha256"]
+    claims = verified_manifest(uploads[f"{delivery_id}.manifest.jws"].data())
+    assert claims["jti"] == pending[0]["jti"]
+    assert claims["file"] == {
+        "name": f"{delivery_id}.mp4",
+        "size": len(clip),
+        "sha256": record["clip_sha256"],
+    }
+    # The clip decodes, and its time strips lie in the approved window give or take
+    # the one segment (1 s here) the spec allows on each side.
+    frames = decode(clip)
+    approved_start = parse_rfc3339_ms(record["approved_window"]["start"])
+    approved_end = parse_rfc3339_ms(record["approved_window"]["end"])
+    times = [frame.capture_time_ms for frame in frames]
+    assert times == sorted(times) and len(set(times)) == len(times)
+    assert approved_start - 1100 <= times[0] and times[-1] <= approved_end + 1100
+    assert not any(
+        p.name.endswith((".mp4.age", ".json"))
+        for p in (config.parent / "data" / "outbox").iterdir()
+    )
+
     assert process.poll() is None
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
@@ -143,4 +211,19 @@ def test_request_becomes_pending_and_owner_approves_on_cli(
     log_text = (config.parent / "data" / "audit" / "audit.log").read_text()
     assert '"event":"pending"' in log_text
     assert '"decision":"approved"' in log_text
+    assert '"decision":"denied"' in log_text
     assert '"channel":"cli"' in log_text
+    assert '"event":"delivered"' in log_text
+
+
+def verified_manifest(jws: bytes) -> dict[str, object]:
+    """Checks the manifest with joserfc (not the code that signed it) under its device key."""
+    from joserfc import jws as jose_jws
+    from joserfc.jwk import OKPKey
+
+    header_b64 = jws.split(b".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(header_b64 + b"=" * (-len(header_b64) % 4)))
+    key = OKPKey.import_key(claims["device"])
+    verified = jose_jws.deserialize_compact(jws, key, algorithms=["EdDSA"])
+    assert verified.protected["typ"] == "clip-manifest+jwt"
+    return json.loads(verified.payload)  # type: ignore[no-any-return]

@@ -446,7 +446,8 @@ class ConsentService:
             and record.approved_end_ms is not None
         ):
             keep = self._outbox.find(record.id, record.approved_start_ms, record.approved_end_ms)
-        self._outbox.delete_request(record.id, keep=keep)
+        # An approved request keeps its clip and whatever delivery has made of it.
+        self._outbox.delete_request(record.id, keep=keep, clips_only=keep_clip)
 
     def _notice(self, record: RequestRecord, kind: str, detail: str | None = None) -> None:
         request = record.request or {}

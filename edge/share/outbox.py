@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX_KEY_NAME = "outbox.agekey"
 _CLIP_RE = re.compile(r"^(\d+)-(\d+)-(\d+)\.mp4\.age$")
+_CLIP_FILE_RE = re.compile(r"^\d+-\d+-\d+\.mp4\.(age|json)(\.tmp)?$")  # clips, notes
 _CHUNK_BYTES = 64 * 1024
 _QUEUE_CHUNKS = 16  # at most 1 MiB of plaintext in flight between threads
 _MAX_NOTE_BYTES = 64 * 1024
@@ -118,6 +119,11 @@ class Outbox:
         self._identity = _load_or_create_identity(keys_dir)
         self._recipient = self._identity.to_public()
         self._build_lock = threading.Lock()  # one clip built at a time: bounded CPU and memory
+
+    @property
+    def identity(self) -> x25519.Identity:
+        """The key that opens the outbox's clips (for delivery's resumable reads)."""
+        return self._identity
 
     # -- making ------------------------------------------------------------------------
 
@@ -262,12 +268,17 @@ class Outbox:
                     found.append(clip)
         return found
 
-    def delete_request(self, request_id: int, keep: OutboxClip | None = None) -> int:
-        """Deletes a request's clips (all, or all but ``keep``); returns how many files went."""
+    def delete_request(
+        self, request_id: int, keep: OutboxClip | None = None, *, clips_only: bool = False
+    ) -> int:
+        """Deletes a request's files: all of them, or only its clips (all but ``keep``),
+        leaving what delivery made. Returns how many files went."""
         removed = 0
         for entry in os.listdir(self.dir):
             stem = entry.removeprefix(".")
             if not stem.startswith(f"{request_id}-"):
+                continue
+            if clips_only and not _CLIP_FILE_RE.match(stem):
                 continue
             if keep is not None and entry in (keep.path.name, keep.path.with_suffix(".json").name):
                 continue
