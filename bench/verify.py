@@ -1,11 +1,13 @@
-"""Verifications per second for one valid payload, beside the floor: the two
-Ed25519 verifications every accepted request needs, done bare.
+"""Verifications per second for one valid payload, beside the floor: the bare
+Ed25519 verifications a request needs (two for a certificate seen for the first
+time, one when the verifier remembers the agency's certificate).
 
     python bench/verify.py [--seconds 3]
 
-Prints requests/s for check_request on a circle and on a 255-position polygon
-request, the bare two-signature floor, and the ratios. Run it alone: the figures
-are per core on a quiet machine.
+Prints requests/s for check_request on a circle request (certificate
+remembered, the steady state for an agency; and forgotten before each call, the
+worst case), on a 255-position polygon request, the bare floors and the ratios.
+One core; run it alone on a quiet machine.
 """
 
 from __future__ import annotations
@@ -19,10 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from signing import AGENCY_KEY, LOCATION, NOW_S, PLATFORM_KEY, make_payload, trust_for
-
 from edge.share.jws import parse_compact
-from edge.share.verify import Accepted, Policy, check_request
+from edge.share.verify import Accepted, Policy, check_request, forget_certificates
+from signing import AGENCY_KEY, LOCATION, NOW_S, PLATFORM_KEY, make_payload, trust_for
 
 
 def rate(work: Callable[[], object], seconds: float) -> float:
@@ -63,8 +64,11 @@ def main() -> None:
     request = parse_compact(outer["request"], typ="assist-request+jwt")
     platform_public, agency_public = PLATFORM_KEY.public_key(), AGENCY_KEY.public_key()
 
-    def floor() -> None:
+    def floor_two() -> None:
         platform_public.verify(cert.signature, cert.signing_input)
+        agency_public.verify(request.signature, request.signing_input)
+
+    def floor_one() -> None:
         agency_public.verify(request.signature, request.signing_input)
 
     def judge(payload: bytes) -> Callable[[], object]:
@@ -72,15 +76,24 @@ def main() -> None:
             payload, now_s=NOW_S, trust=trust, policy=policy, location=LOCATION
         )
 
-    floor_rate = rate(floor, args.seconds)
-    circle_rate = rate(judge(circle), args.seconds)
-    polygon_rate = rate(judge(polygon), args.seconds)
+    judge_circle = judge(circle)
+
+    def judge_circle_cold() -> None:
+        forget_certificates()
+        judge_circle()
+
+    rates = {
+        "floor: 1 x Ed25519 verify": (rate(floor_one, args.seconds), None),
+        "floor: 2 x Ed25519 verify": (rate(floor_two, args.seconds), None),
+    }
+    one, two = rates["floor: 1 x Ed25519 verify"][0], rates["floor: 2 x Ed25519 verify"][0]
+    rates["circle, certificate remembered"] = (rate(judge_circle, args.seconds), one)
+    rates["circle, certificate new"] = (rate(judge_circle_cold, args.seconds), two)
+    rates["255-gon, certificate remembered"] = (rate(judge(polygon), args.seconds), one)
     print(f"payload sizes: circle {len(circle)} B, polygon {len(polygon)} B")
-    print(f"floor (2 x Ed25519 verify):  {floor_rate:8.0f} /s")
-    print(f"check_request, circle:       {circle_rate:8.0f} /s  "
-          f"({circle_rate / floor_rate:.2f} x floor, {1e6 / circle_rate:.0f} us each)")
-    print(f"check_request, 255-gon:      {polygon_rate:8.0f} /s  "
-          f"({polygon_rate / floor_rate:.2f} x floor, {1e6 / polygon_rate:.0f} us each)")
+    for name, (per_s, floor) in rates.items():
+        ratio = f"  {per_s / floor:.2f} x its floor" if floor else ""
+        print(f"{name:34s} {per_s:8.0f} /s  {1e6 / per_s:6.0f} us each{ratio}")
 
 
 if __name__ == "__main__":

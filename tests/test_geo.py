@@ -14,6 +14,7 @@ from edge.share.geo import (
     INSIDE,
     OUTSIDE,
     CircleArea,
+    LatitudeBands,
     LonLat,
     MultiPolygon,
     Polygon,
@@ -257,3 +258,36 @@ def test_polygon_area_keeps_its_centre() -> None:
     assert area.contains(LonLat(2, 1)) and not area.contains(LonLat(2.1, 1))
     tri = PolygonArea.from_ring(ring((0, 0), (3, 0), (0, 3)))
     assert tri.centre.lon == pytest.approx(1) and tri.centre.lat == pytest.approx(1)
+
+
+def test_latitude_index_gives_the_same_answers_as_reading_every_edge() -> None:
+    # A jurisdiction-sized ring (2,000 positions, a wobbly star) with a hole, queried
+    # at random points, at vertices, on edges and on band borders.
+    rng = random.Random(11)
+    m = 2000
+    angles = [2 * math.pi * i / m for i in range(m)]
+    outer = [LonLat(round(math.cos(a) * (1 + 0.3 * math.sin(9 * a)), 6),
+                    round(math.sin(a) * (1 + 0.3 * math.sin(9 * a)), 6)) for a in angles]
+    outer_ring = (*outer, outer[0])
+    hole = ring((-0.1, -0.1), (0.1, -0.1), (0.1, 0.1), (-0.1, 0.1))
+    indexed = Polygon((outer_ring, hole))
+    queries = [LonLat(rng.uniform(-1.4, 1.4), rng.uniform(-1.4, 1.4)) for _ in range(300)]
+    queries += outer[::40] + [LonLat((a.lon + b.lon) / 2, (a.lat + b.lat) / 2)
+                              for a, b in itertools.pairwise(outer[::41])]
+    queries += [LonLat(0.05, -0.1), LonLat(0.0, 0.0), LonLat(0.1, 0.05)]
+    bands = LatitudeBands(outer_ring)
+    queries += [LonLat(rng.uniform(-1, 1), bands.south + k * bands.height)
+                for k in range(0, bands.count, 3)]
+    for p in queries:
+        plain = ring_locate(outer_ring, p) != OUTSIDE and ring_locate(hole, p) != INSIDE
+        assert indexed.contains(p) == plain, p
+
+
+def test_latitude_index_gives_up_on_rings_it_cannot_help() -> None:
+    # A zigzag whose every edge spans the whole height: each band would list every edge.
+    zigzag = [LonLat(i / 100, 0 if i % 2 else 1) for i in range(200)]
+    closed = (*zigzag, LonLat(2, -1), LonLat(0, -1), zigzag[0])
+    assert LatitudeBands(closed).edges_near(0.5) is None
+    polygon = Polygon((closed,))
+    for p in (LonLat(0.005, 0.1), LonLat(0.015, 0.5), LonLat(1, -0.5), LonLat(3, 0)):
+        assert polygon.contains(p) == (ring_locate(closed, p) != OUTSIDE)

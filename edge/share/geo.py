@@ -24,7 +24,7 @@ element R² cos(lat) dlat dlon gives each edge a closed form (``ring_area_m2``).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, NamedTuple
@@ -104,11 +104,13 @@ def segments_intersect(p1: LonLat, p2: LonLat, q1: LonLat, q2: LonLat) -> bool:
 OUTSIDE, BOUNDARY, INSIDE = -1, 0, 1
 
 
-def ring_locate(ring: Ring, p: LonLat) -> int:
+def ring_locate(ring: Ring, p: LonLat, edges: Iterable[int] | None = None) -> int:
     """Where p lies against a closed ring: ``INSIDE``, ``BOUNDARY`` or ``OUTSIDE``
-    (even-odd rule, so it is defined for any ring, simple or not)."""
+    (even-odd rule, so it is defined for any ring, simple or not). ``edges``, if
+    given, are the start indices of the only edges that can reach p's latitude
+    (from ``LatitudeBands``); the others cannot change the answer."""
     inside = False
-    for i in range(len(ring) - 1):
+    for i in range(len(ring) - 1) if edges is None else edges:
         a, b = ring[i], ring[i + 1]
         if (a.lat > p.lat) != (b.lat > p.lat):
             # The edge straddles p's latitude; is the crossing to p's right?
@@ -122,6 +124,44 @@ def ring_locate(ring: Ring, p: LonLat) -> int:
     return INSIDE if inside else OUTSIDE
 
 
+class LatitudeBands:
+    """A ring's edges bucketed by latitude band, so that a point test on a big
+    ring (a jurisdiction of thousands of positions) reads only the edges that
+    can straddle or touch the point's latitude."""
+
+    MAX_ENTRIES_PER_EDGE = 16  # past this (edges spanning most bands) an index does not pay
+
+    def __init__(self, ring: Ring) -> None:
+        self.south = min(p.lat for p in ring)
+        north = max(p.lat for p in ring)
+        edge_count = len(ring) - 1
+        self.count = max(1, min(edge_count // 4, 256))
+        self.height = (north - self.south) / self.count or 1.0
+        self.bands: list[list[int]] | None = [[] for _ in range(self.count)]
+        entries = 0
+        for i in range(edge_count):
+            a, b = ring[i].lat, ring[i + 1].lat
+            first, last = self._band(min(a, b)), self._band(max(a, b))
+            entries += last - first + 1
+            if entries > self.MAX_ENTRIES_PER_EDGE * edge_count:
+                self.bands = None
+                return
+            for band in range(first, last + 1):
+                self.bands[band].append(i)
+
+    def _band(self, lat: float) -> int:
+        # Monotonic in lat, so an edge from lat1 to lat2 is listed in every band
+        # that a latitude between them falls in.
+        return min(self.count - 1, max(0, int((lat - self.south) / self.height)))
+
+    def edges_near(self, lat: float) -> list[int] | None:
+        """Start indices of the edges that may reach ``lat``; None means all."""
+        return None if self.bands is None else self.bands[self._band(lat)]
+
+
+_INDEX_FROM_POSITIONS = 64  # smaller rings are read whole: an index costs more than it saves
+
+
 @dataclass(frozen=True)
 class Polygon:
     """A GeoJSON polygon: the outer ring, then holes. A point on any boundary is
@@ -129,6 +169,7 @@ class Polygon:
 
     rings: tuple[tuple[LonLat, ...], ...]
     _box: tuple[float, float, float, float] = field(init=False, repr=False, compare=False)
+    _bands: tuple[LatitudeBands | None, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.rings:
@@ -141,14 +182,24 @@ class Polygon:
             max(p.lat for p in outer),
         )
         object.__setattr__(self, "_box", box)
+        bands = tuple(
+            LatitudeBands(ring) if len(ring) > _INDEX_FROM_POSITIONS else None
+            for ring in self.rings
+        )
+        object.__setattr__(self, "_bands", bands)
+
+    def _locate(self, index: int, p: LonLat) -> int:
+        bands = self._bands[index]
+        edges = bands.edges_near(p.lat) if bands is not None else None
+        return ring_locate(self.rings[index], p, edges)
 
     def contains(self, p: LonLat) -> bool:
         west, south, east, north = self._box
         if not (west <= p.lon <= east and south <= p.lat <= north):
             return False  # most tests end here: jurisdictions are large, areas small
-        if ring_locate(self.rings[0], p) == OUTSIDE:
+        if self._locate(0, p) == OUTSIDE:
             return False
-        return all(ring_locate(hole, p) != INSIDE for hole in self.rings[1:])
+        return all(self._locate(i, p) != INSIDE for i in range(1, len(self.rings)))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import json
 import math
@@ -287,7 +288,7 @@ def _check(
             raise _Reject("bad_payload", f"{member} missing or not a string")
 
     # bad_alg: both headers before any signature
-    cert_jws = _parse_jws(outer["cert"], CERT_TYP, "cert")
+    _parse_jws(outer["cert"], CERT_TYP, "cert")  # parsed again, remembered, in _verified_cert
     request_jws = _parse_jws(outer["request"], REQUEST_TYP, "request")
     request_claims = _claims_or_error(request_jws)
     if isinstance(request_claims, dict):  # for the audit log, before anything is proven
@@ -296,7 +297,7 @@ def _check(
         claimed["jti"] = jti if _is_uuid(jti) else None
 
     # bad_cert, cert_expired
-    cert = _check_cert(cert_jws, trust)
+    cert = _verified_cert(outer["cert"], trust)
     if cert.exp <= now_s:
         raise _Reject("cert_expired", f"certificate exp {cert.exp} <= now {now_s}")
     if cert.iat > now_s + policy.skew_s:
@@ -388,6 +389,21 @@ def _claims_or_error(jws: CompactJws) -> dict[str, Any] | IJsonError:
 
 
 # --- certificate -------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=16)
+def _verified_cert(token: str, trust: Trust) -> _Cert:
+    """``_check_cert`` remembered for the last few certificates that passed: an
+    agency's certificate comes with every one of its requests, and this saves
+    a signature check and a jurisdiction parse each time. Keyed on the exact
+    token and trust, so it answers exactly as the check would (time is checked
+    outside); failures raise and are not remembered."""
+    return _check_cert(parse_compact(token, typ=CERT_TYP), trust)
+
+
+def forget_certificates() -> None:
+    """Empties the memory of verified certificates (benchmarks of the cold path)."""
+    _verified_cert.cache_clear()
 
 
 def _check_cert(jws: CompactJws, trust: Trust) -> _Cert:
