@@ -464,7 +464,10 @@ def _agency_key(jwk: Any) -> Ed25519PublicKey | None:
         return None
     if len(raw) != 32:
         return None
-    return Ed25519PublicKey.from_public_bytes(raw)
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:  # OpenSSL takes any 32 bytes today; a stricter one may not
+        return None
 
 
 def _position(value: Any, *, allow_altitude: bool) -> LonLat | None:
