@@ -11,6 +11,22 @@ from typing import Any
 
 import pytest
 from pyrage import x25519
+
+from edge.share.geo import CircleArea, LonLat, PolygonArea
+from edge.share.verify import (
+    MAX_PAYLOAD_BYTES,
+    REASONS,
+    Accepted,
+    Location,
+    Policy,
+    Rejected,
+    Trust,
+    check_exit_status,
+    check_request,
+    check_result,
+    parse_rfc3339,
+    render_check,
+)
 from signing import (
     AGENCY_ID,
     AGENCY_KEY,
@@ -30,22 +46,6 @@ from signing import (
     rfc3339,
     sign_text,
     trust_for,
-)
-
-from edge.share.geo import CircleArea, LonLat, PolygonArea
-from edge.share.verify import (
-    MAX_PAYLOAD_BYTES,
-    REASONS,
-    Accepted,
-    Location,
-    Policy,
-    Rejected,
-    Trust,
-    check_exit_status,
-    check_request,
-    check_result,
-    parse_rfc3339,
-    render_check,
 )
 
 LAT, LON = LOCATION.lat, LOCATION.lon
@@ -1005,3 +1005,11 @@ def test_policy_and_location_refuse_nonsense() -> None:
         Location(lat=91, lon=0)
     with pytest.raises(ValueError):
         Location(lat=0, lon=-181)
+
+
+def test_remembered_certificates_never_change_an_answer() -> None:
+    payload = make_payload()
+    assert outcome(payload) == "accepted"  # the certificate is now remembered...
+    assert outcome(payload, trust=trust_for(ROGUE_KEY)) == "bad_cert"  # ...for this trust only
+    assert outcome(payload, now_s=NOW_S + 366 * 86_400) == "cert_expired"  # time is judged anew
+    assert outcome(payload) == "accepted"

@@ -576,6 +576,7 @@ _claim_names = st.sampled_from(sorted(REQUEST_FIELDS)) | st.text(max_size=6)
 
 
 @settings(max_examples=int(os.environ.get("EDGE_FUZZ_HYPOTHESIS", "400")), deadline=None,
+          database=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(overrides=st.dictionaries(_claim_names, _json, min_size=1, max_size=3),
        removed=st.lists(st.sampled_from(sorted(REQUEST_FIELDS)), max_size=2))
