@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from fractions import Fraction
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -313,7 +313,7 @@ def _check(
     fields = _check_request_claims(request_claims, cert)
 
     # expired
-    iat, exp = fields["iat"], fields["exp"]
+    iat, exp = fields.iat, fields.exp
     if exp <= now_s:
         raise _Reject("expired", f"exp {_show(exp)} <= now {now_s}")
     if iat > now_s + policy.skew_s:
@@ -346,32 +346,32 @@ def _check(
             )
 
     # upload_not_allowed
-    upload = _check_upload_url(fields["upload_url"], cert.upload_hosts, policy)
+    upload = _check_upload_url(fields.upload_url, cert.upload_hosts, policy)
 
     return VerifiedRequest(
-        iss=fields["iss"],
-        jti=fields["jti"],
+        iss=fields.iss,
+        jti=fields.jti,
         iat_s=float(iat),
         exp_s=float(exp),
         agency_name=cert.name,
         agency_kind=cert.kind,
         platform_id=cert.iss,
         cert_exp_s=cert.exp,
-        title=fields["title"],
-        description=fields["description"],
-        case_ref=fields["case_ref"],
-        public_url=fields["public_url"],
+        title=fields.title,
+        description=fields.description,
+        case_ref=fields.case_ref,
+        public_url=fields.public_url,
         area=area,
         window_start=start_text,
         window_end=end_text,
         window_start_ms=math.floor(start * 1000),
         window_end_ms=math.ceil(end * 1000),
         upload_url=upload.normalised,
-        upload_url_as_sent=fields["upload_url"],
+        upload_url_as_sent=fields.upload_url,
         upload_host=upload.host,
         upload_port=upload.port,
-        upload_protocol=fields["upload_protocol"],
-        recipient=fields["recipient"],
+        upload_protocol=fields.upload_protocol,
+        recipient=fields.recipient,
         upload_hosts=cert.upload_hosts,
     )
 
@@ -526,7 +526,24 @@ def _jurisdiction(value: Any) -> MultiPolygon | None:
 # --- request claims ----------------------------------------------------------
 
 
-def _check_request_claims(claims: dict[str, Any], cert: _Cert) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _RequestClaims:
+    """The request's claims that passed ``bad_request`` (window and area come later)."""
+
+    iss: str
+    jti: str
+    iat: int | float  # exact as sent: the lifetime and window checks compare exactly
+    exp: int | float
+    title: str
+    description: str
+    case_ref: str | None
+    public_url: str
+    upload_url: str
+    upload_protocol: UploadProtocol
+    recipient: str | None
+
+
+def _check_request_claims(claims: dict[str, Any], cert: _Cert) -> _RequestClaims:
     def bad(detail: str) -> _Reject:
         return _Reject("bad_request", detail)
 
@@ -570,19 +587,19 @@ def _check_request_claims(claims: dict[str, Any], cert: _Cert) -> dict[str, Any]
         raise bad("recipient present but not an age X25519 recipient")
     if iss != cert.sub:
         raise bad(f"iss {_show(iss)} is not the certificate's sub {_show(cert.sub)}")
-    return {
-        "iss": iss,
-        "jti": jti,
-        "iat": iat,
-        "exp": exp,
-        "title": claims["title"],
-        "description": claims["description"],
-        "case_ref": case_ref,
-        "public_url": public_url,
-        "upload_url": upload["url"],
-        "upload_protocol": protocol,
-        "recipient": recipient.lower() if isinstance(recipient, str) else None,
-    }
+    return _RequestClaims(
+        iss=iss,
+        jti=jti,
+        iat=iat,
+        exp=exp,
+        title=claims["title"],
+        description=claims["description"],
+        case_ref=case_ref,
+        public_url=public_url,
+        upload_url=upload["url"],
+        upload_protocol=protocol,
+        recipient=recipient.lower() if isinstance(recipient, str) else None,
+    )
 
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -595,7 +612,7 @@ def _is_uuid(value: Any) -> bool:
     return isinstance(value, str) and _UUID.fullmatch(value) is not None
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     # JSON true/false arrive as bool, which Python counts as int: not a number here.
     return isinstance(value, int | float) and not isinstance(value, bool)
 
