@@ -53,6 +53,11 @@ class Result:
     peak_rss_mb: float
     dropped: int | None = None
     recording_cpu_s: float | None = None  # edge only: CPU while recording
+    stored_bytes: int = 0  # all segments
+
+    @property
+    def mbit_per_s(self) -> float:
+        return self.stored_bytes * 8 / self.video_s / 1e6
 
     @property
     def cpu_per_video_s(self) -> float:
@@ -110,7 +115,10 @@ def ffmpeg_encode(width: int, height: int, seconds: int, workdir: Path) -> Resul
         str(workdir / "seg%05d.mp4"),
     ]  # fmt: skip
     cpu_s, rss_mb, _ = run_measured(argv)
-    return Result(f"ffmpeg testsrc2 {width}x{height}", cpu_s, float(seconds), rss_mb)
+    stored = segment_bytes(workdir, "seg")
+    return Result(
+        f"ffmpeg testsrc2 {width}x{height}", cpu_s, float(seconds), rss_mb, None, None, stored
+    )
 
 
 def ffmpeg_copy(file: Path, seconds: int, workdir: Path) -> Result:
@@ -122,7 +130,18 @@ def ffmpeg_copy(file: Path, seconds: int, workdir: Path) -> Result:
         str(workdir / "copy%05d.mp4"),
     ]  # fmt: skip
     cpu_s, rss_mb, _ = run_measured(argv)
-    return Result("ffmpeg -c copy", cpu_s, float(seconds), rss_mb)
+    return Result(
+        "ffmpeg -c copy", cpu_s, float(seconds), rss_mb, None, None, segment_bytes(workdir, "copy")
+    )
+
+
+def segment_bytes(workdir: Path, prefix: str) -> int:
+    """The size of ffmpeg's segments, which are then removed."""
+    total = 0
+    for path in workdir.glob(f"{prefix}*.mp4"):
+        total += path.stat().st_size
+        path.unlink()
+    return total
 
 
 def edge_run(label: str, child_args: list[str]) -> Result:
@@ -136,6 +155,7 @@ def edge_run(label: str, child_args: list[str]) -> Result:
         rss_mb,
         dropped=report["dropped"],
         recording_cpu_s=report["recording_cpu_s"],
+        stored_bytes=report["bytes"],
     )
 
 
@@ -200,12 +220,13 @@ def show(ours: Result, theirs: Result, one_core_note: bool = False) -> None:
         f"    CPU {ours.cpu_per_video_s:.3f} s per s of video"
         f" ({steady:.3f} while recording, without start-up),"
         f" peak RSS {ours.peak_rss_mb:.0f} MB, dropped frames {ours.dropped},"
-        f" video {ours.video_s:.1f} s"
+        f" video {ours.video_s:.1f} s at {ours.mbit_per_s:.2f} Mbit/s"
     )
     print(f"  {theirs.label}:")
     print(
         f"    CPU {theirs.cpu_per_video_s:.3f} s per s of video,"
         f" peak RSS {theirs.peak_rss_mb:.0f} MB, video {theirs.video_s:.1f} s"
+        f" at {theirs.mbit_per_s:.2f} Mbit/s"
     )
     print(
         f"  ratio edge/ffmpeg: CPU {ours.cpu_per_video_s / theirs.cpu_per_video_s:.2f}x"

@@ -61,13 +61,17 @@ class Scene:
         self._fps = fps
         # Background: a texture wider than the frame that pans, so the encoder has real
         # motion to code everywhere (not a static picture that costs nothing).
+        # Built row by row in uint8: whole-frame int64 temporaries would cost tens of MB of
+        # peak memory (a Pi Zero 2 W has 512 MB) for a picture made once.
         self._pan_px = width // 2
-        cols = np.arange(width + self._pan_px)
-        rows = np.arange(height)[:, None]
-        stripes = ((cols[None, :] + rows) // max(8, width // 40)) % 2
-        gradient = (rows * 96) // height + 64
-        noise = np.random.default_rng(1).integers(0, 24, (height, width + self._pan_px))
-        self._texture_y = (gradient + stripes * 48 + noise).clip(16, 235).astype(np.uint8)
+        texture_w = width + self._pan_px
+        stripe_px = max(8, width // 40)
+        # Diagonal stripes: row r is row 0 shifted by r. Values stay within 64..231 (video range).
+        stripes = ((np.arange(texture_w + height) // stripe_px) % 2 * 48).astype(np.uint8)
+        noise = np.random.default_rng(1).integers(0, 24, (height, texture_w), dtype=np.uint8)
+        self._texture_y = noise
+        for r in range(height):
+            self._texture_y[r] += stripes[r : r + texture_w] + np.uint8(64 + (r * 96) // height)
         ch, cw = height // 2, width // 2
         self._u = np.broadcast_to(
             (np.arange(cw)[None, :] * 80 // cw + 88).astype(np.uint8), (ch, cw)
