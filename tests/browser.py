@@ -15,6 +15,12 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from selenium.webdriver.chrome.webdriver import WebDriver
 
 CHROMIUM = os.environ.get("EDGE_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("EDGE_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -39,6 +45,15 @@ CHROMIUM_FLAGS = (
 )
 
 
+def needs_chromium() -> pytest.MarkDecorator:
+    """Skips a test module where the browser is missing, except on CI (CI=true), whose
+    setup installs it: there a missing browser is an error, not a quiet skip."""
+    missing = chromium_missing()
+    if missing is not None and os.environ.get("CI"):
+        raise RuntimeError(f"the browser tests cannot run: {missing}")
+    return pytest.mark.skipif(missing is not None, reason=missing or "")
+
+
 def chromium_missing() -> str | None:
     """Why the browser cannot run here, or None when it can."""
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
@@ -53,11 +68,11 @@ def chromium_missing() -> str | None:
 
 @contextmanager
 def headless_chromium(work_dir: Path, *, width: int = PHONE_WIDTH,
-                      height: int = PHONE_HEIGHT) -> Iterator[object]:
+                      height: int = PHONE_HEIGHT) -> Iterator[WebDriver]:
     """A fresh headless Chromium showing pages at a phone's width; quit on exit.
 
-    Yields a selenium WebDriver (typed loosely so that importing this module
-    does not need selenium).
+    selenium is imported here, not above, so that a machine without it can still
+    import this module and skip the browser tests with a reason.
     """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service

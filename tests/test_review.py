@@ -98,8 +98,8 @@ def clip_src(page: str) -> str:
 
 
 def decoded_frames(mp4: bytes) -> int:
-    with av.open(io.BytesIO(mp4)) as container:
-        return sum(1 for _ in container.decode(video=0))
+    with av.open(io.BytesIO(mp4), "r") as container:
+        return len(list(container.decode(video=0)))
 
 
 # --- Opening the link --------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_a_window_without_footage_says_so_and_still_lets_the_owner_deny(setup: S
     def no_footage(request_id: str, start_ms: int, end_ms: int) -> object:
         raise ClipError("no footage of that window: the buffer holds none")
 
-    setup.backend.clip = no_footage  # type: ignore[assignment,method-assign]
+    setup.backend.clip = no_footage  # type: ignore[method-assign,assignment]
     response = setup.client.get(f"/r/{setup.review_token}")
     assert response.status_code == 200
     page = response.get_data(as_text=True)
@@ -352,7 +352,7 @@ def test_a_decision_refused_by_the_backend_says_why_and_how_to_decide_on_the_dev
     def refuse(request_id: str, **_: object) -> None:
         raise DecisionError("the outbox is full <b>now</b>")
 
-    setup.backend.approve = refuse  # type: ignore[method-assign,assignment]
+    setup.backend.approve = refuse  # type: ignore[method-assign]
     response = setup.client.post(f"/r/{setup.review_token}/approve", data=form)
     assert response.status_code == 409
     text = response.get_data(as_text=True)

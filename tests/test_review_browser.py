@@ -19,18 +19,14 @@ from typing import Any
 
 import pytest
 
-from browser import chromium_missing, headless_chromium
+from browser import headless_chromium, needs_chromium
 from edge.clock import ManualClock
 from edge.share.prompt import Prompt, prompt_body
 from edge.share.review import ReviewServer
 from edge.share.tokens import TokenStore
 from review_standin import DECIDE_BY_MS, NOW_MS, StandInConsent, request_view
 
-_missing = chromium_missing()
-if _missing and os.environ.get("CI"):
-    # CI installs the browser (scripts/setup); a missing one there is a failure, not a skip.
-    raise RuntimeError(f"the browser tests cannot run: {_missing}")
-pytestmark = pytest.mark.skipif(_missing is not None, reason=_missing or "")
+pytestmark = needs_chromium()
 
 
 @dataclass
