@@ -98,3 +98,18 @@ def headless_chromium(work_dir: Path, *, width: int = PHONE_WIDTH,
         yield driver
     finally:
         driver.quit()
+
+
+def screenshot(driver: WebDriver, name: str, default_dir: Path) -> Path:
+    """The whole page at phone width as a PNG, in $EDGE_SCREENSHOT_DIR if set (to look
+    at), else in ``default_dir``."""
+    folder = Path(os.environ.get("EDGE_SCREENSHOT_DIR", default_dir))
+    folder.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": PHONE_WIDTH, "height": max(PHONE_HEIGHT, int(height)),
+        "deviceScaleFactor": 2, "mobile": True})
+    path = folder / f"{name}.png"
+    driver.save_screenshot(str(path))
+    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+    return path

@@ -10,7 +10,6 @@ Set EDGE_SCREENSHOT_DIR to keep the phone-width screenshots the test takes.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from browser import headless_chromium, needs_chromium
+from browser import headless_chromium, needs_chromium, screenshot
 from edge.clock import ManualClock
 from edge.share.prompt import Prompt, prompt_body
 from edge.share.review import ReviewServer
@@ -60,17 +59,6 @@ def site(work_dir: Path) -> Iterator[Site]:
 def driver(work_dir: Path) -> Iterator[Any]:
     with headless_chromium(work_dir) as browser:
         yield browser
-
-
-def screenshot(driver: Any, name: str, work_dir: Path) -> None:
-    folder = Path(os.environ.get("EDGE_SCREENSHOT_DIR", work_dir))
-    folder.mkdir(parents=True, exist_ok=True)
-    # The whole page at phone width, not just the first screen.
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
-        "width": 390, "height": max(844, int(height)), "deviceScaleFactor": 2, "mobile": True})
-    driver.save_screenshot(str(folder / f"{name}.png"))
-    driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
 def link_from_prompt(site: Site, request_id: str) -> str:

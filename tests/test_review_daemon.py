@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 
 from broker import MosquittoBroker
-from browser import headless_chromium, needs_chromium
+from browser import headless_chromium, needs_chromium, screenshot
 from conftest import REPO_ROOT, run_edge
 from edge.share.geohash import encode, request_topic
 from edge.share.verify import Location
@@ -137,6 +137,7 @@ def test_owner_approves_in_the_browser_from_the_daemons_prompt(
             "return document.getElementById('clip').currentTime > 0.3"))
         assert driver.execute_script(
             "return document.getElementById('clip').videoWidth") == 320
+        screenshot(driver, "daemon-review", tmp_path)
         driver.find_element(By.ID, "approve").click()
         # The decision lands on the read-only status page (a new URL, /s/...).
         wait.until(lambda d: "/s/" in d.current_url)
