@@ -233,6 +233,7 @@ class ConsentService:
         self._wake = threading.Event()
         self._lock = threading.Lock()  # guards _pin_lost; taken by intake and review threads
         self._pin_lost: set[int] = set()
+        self._step_lock = threading.Lock()  # one round at a time (worker, or a test's call)
         self._thread = threading.Thread(target=self._run, name="edge-consent")
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -392,16 +393,28 @@ class ConsentService:
 
     def step(self) -> None:
         """One round: expire what is overdue, then act on every change not yet handled."""
-        now_ms = self._clock.now_ms()
-        self._store.sweep_expired(now_ms)
-        handled_rev = self._store.get_counter(HANDLED_REV_COUNTER)
-        new_rev, changed = self._store.changes_since(handled_rev)
-        for record in changed:
-            self._follow(record)
-        if new_rev != handled_rev:
-            self._store.set_counter(HANDLED_REV_COUNTER, new_rev)
+        with self._step_lock:
+            now_ms = self._clock.now_ms()
+            self._store.sweep_expired(now_ms)
+            handled_rev = self._store.get_counter(HANDLED_REV_COUNTER)
+            new_rev, changed = self._store.changes_since(handled_rev)
+            for record in changed:
+                self._follow(record)
+            if new_rev != handled_rev:
+                self._store.set_counter(HANDLED_REV_COUNTER, new_rev)
 
     def _follow(self, record: RequestRecord) -> None:
+        request_id = record.id
+        if record.state == "pending" or self._store.was_followed(request_id, record.state):
+            return  # prompted on intake; and each later state is acted on once
+        self._act_on(record)
+        # Marked after acting: a crash in between repeats an audit line rather than
+        # losing it; delivery waits for this mark, so the approval is logged first.
+        self._store.mark_followed(request_id, record.state)
+        if record.state == "approved":
+            self._on_approved(request_id)
+
+    def _act_on(self, record: RequestRecord) -> None:
         request_id = record.id
         if record.state == "approved":
             self._audit.append(
@@ -416,7 +429,6 @@ class ConsentService:
                 clip_sha256=record.clip_sha256,
             )
             self._close_request(record, keep_clip=True)
-            self._on_approved(request_id)
         elif record.state == "denied":
             self._audit.append(
                 "decided",

@@ -94,6 +94,8 @@ class DeliveryWorker:
             for record in self._store.in_states(["approved"]):
                 if self._stop_event.is_set():
                     return
+                if not self._store.was_followed(record.id, "approved"):
+                    continue  # the approval is not in the audit log yet: next round
                 self.active_request = record.id
                 try:
                     self.deliver(record)

@@ -142,6 +142,11 @@ CREATE TABLE IF NOT EXISTS counters (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 INSERT OR IGNORE INTO counters (name, value) VALUES ('rev', 0), ('rejected_rows', 0);
+CREATE TABLE IF NOT EXISTS followed (
+    request_id INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (request_id, state)
+) WITHOUT ROWID;
 """
 
 _COLUMNS = (
@@ -672,6 +677,26 @@ class RequestStore:
     def current_rev(self) -> int:
         with self._read() as db:
             return int(db.execute("SELECT value FROM counters WHERE name = 'rev'").fetchone()[0])
+
+    def mark_followed(self, request_id: int, state: str) -> bool:
+        """Records that the daemon acted on a request reaching ``state``; True the first time.
+
+        A row's state is read, not its history, so this is what makes "act once
+        per state" hold across polls, restarts and field-only updates.
+        """
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO followed (request_id, state) VALUES (?, ?)",
+                (request_id, state),
+            )
+            return cursor.rowcount == 1
+
+    def was_followed(self, request_id: int, state: str) -> bool:
+        with self._read() as db:
+            row = db.execute(
+                "SELECT 1 FROM followed WHERE request_id = ? AND state = ?", (request_id, state)
+            ).fetchone()
+        return row is not None
 
     def get_counter(self, name: str) -> int:
         """A named number kept with the requests (e.g. how far the daemon has handled changes)."""
