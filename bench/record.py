@@ -52,6 +52,7 @@ class Result:
     video_s: float
     peak_rss_mb: float
     dropped: int | None = None
+    dropped_by_source: int | None = None  # of those, late reads in the camera (CPU starved)
     recording_cpu_s: float | None = None  # edge only: CPU while recording
     stored_bytes: int = 0  # all segments
 
@@ -154,6 +155,7 @@ def edge_run(label: str, child_args: list[str]) -> Result:
         report["video_s"],
         rss_mb,
         dropped=report["dropped"],
+        dropped_by_source=report["dropped_by_source"],
         recording_cpu_s=report["recording_cpu_s"],
         stored_bytes=report["bytes"],
     )
@@ -200,6 +202,7 @@ def child(kind: str, width: int, height: int, seconds: int, file: str | None) ->
             {
                 "video_s": stats.frames_encoded / float(fmt.fps),
                 "dropped": stats.frames_dropped,
+                "dropped_by_source": stats.frames_dropped_by_source,
                 "segments": sink.segments,
                 "bytes": sink.bytes,
                 "errors": stats.errors,
@@ -219,7 +222,8 @@ def show(ours: Result, theirs: Result, one_core_note: bool = False) -> None:
     print(
         f"    CPU {ours.cpu_per_video_s:.3f} s per s of video"
         f" ({steady:.3f} while recording, without start-up),"
-        f" peak RSS {ours.peak_rss_mb:.0f} MB, dropped frames {ours.dropped},"
+        f" peak RSS {ours.peak_rss_mb:.0f} MB,"
+        f" dropped frames {ours.dropped} ({ours.dropped_by_source} skipped by the camera),"
         f" video {ours.video_s:.1f} s at {ours.mbit_per_s:.2f} Mbit/s"
     )
     print(f"  {theirs.label}:")
@@ -255,7 +259,8 @@ def main() -> None:
     shm = Path("/dev/shm")
     with tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None) as tmp:
         workdir = Path(tmp)
-        print(f"edge recording bench: {seconds} s per run, {os.cpu_count()} CPUs")
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"edge recording bench: {seconds} s per run, {os.cpu_count()} CPUs, load {load}")
         sizes = [(1280, 720)] + ([] if args.skip_1080p else [(1920, 1080)])
         for width, height in sizes:
             print(f"\n{width}x{height} at {FPS} fps, libx264 {PRESET} crf {CRF}, "

@@ -42,6 +42,7 @@ _END = object()  # queue marker: capture has finished, drain and close
 class RecorderStats:
     frames_captured: int  # frames read from the source
     frames_dropped: int  # lost anywhere before encoding: queue overflow plus the source's own
+    frames_dropped_by_source: int  # of those, lost in the source (late reads, its own buffer)
     frames_encoded: int  # packets handed to the segmenter
     segments: int  # segments handed to the sink
     errors: int
@@ -90,9 +91,11 @@ class Recorder:
     def stats(self) -> RecorderStats:
         with self._lock:
             errors, error = self._errors, self._error
+        source_dropped = self._source.dropped_frames
         return RecorderStats(
             frames_captured=self._captured,
-            frames_dropped=self._dropped + self._source.dropped_frames,
+            frames_dropped=self._dropped + source_dropped,
+            frames_dropped_by_source=source_dropped,
             frames_encoded=self._encoded,
             segments=self._segmenter.segments_emitted,
             errors=errors,
