@@ -33,6 +33,9 @@ from edge.buffer.seal import OpenedSegment
 log = logging.getLogger(__name__)
 
 CLIP_MUXER_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+# The segment's avcC already says what the stream is: skip ffmpeg's probing, which
+# would decode frames to guess a frame rate (most of the cost of opening one).
+SEGMENT_DEMUXER_OPTIONS = {"analyzeduration": "0", "fpsprobesize": "0"}
 DEFAULT_GAP_THRESHOLD_MS = 1000
 _FALLBACK_FRAME_S = Fraction(1, 30)
 
@@ -145,7 +148,7 @@ class _Remuxer:
         self._sink = sink
         self._gap_threshold_ms = gap_threshold_ms
         self._output = av.open(sink, "w", format="mp4", options=dict(CLIP_MUXER_OPTIONS))
-        with av.open(io.BytesIO(first.mp4), "r") as source:
+        with _open_segment(first) as source:
             template = source.streams.video[0]
             self._stream = self._output.add_stream_from_template(template)
             self._extradata = bytes(template.codec_context.extradata or b"")
@@ -169,7 +172,7 @@ class _Remuxer:
                 self._gaps.append(
                     Gap(self._previous_last_ms, meta.first_frame_ms, self._offset_ms())
                 )
-        with av.open(io.BytesIO(segment.mp4), "r") as source:
+        with _open_segment(segment) as source:
             stream = source.streams.video[0]
             in_band = self._parameter_sets_if_changed(stream)
             scale = (stream.time_base or self._time_base) / self._time_base
@@ -248,6 +251,12 @@ class _Remuxer:
             log.info("clip: H.264 parameters change at a segment boundary; carried in band")
             self._announced_extradata = extradata
         return _avcc_to_length_prefixed(extradata, _avcc_length_size(self._extradata))
+
+
+def _open_segment(segment: OpenedSegment) -> av.container.InputContainer:
+    return av.open(
+        io.BytesIO(segment.mp4), "r", format="mp4", container_options=SEGMENT_DEMUXER_OPTIONS
+    )
 
 
 def _with_prefix(packet: av.Packet, prefix: bytes) -> av.Packet:
