@@ -3,8 +3,8 @@
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT, run_edge
 
+from conftest import REPO_ROOT, run_edge
 from edge.config import ConfigError, load_config, parse_config
 
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ntfy_standin import NtfyStandIn, RecordingServer, sample_notice, sample_prompt
 
 from edge.share.notify import (
     ConsoleNotifier,
@@ -27,6 +26,7 @@ from edge.share.notify import (
     build_notifiers,
 )
 from edge.share.prompt import prompt_body
+from ntfy_standin import NtfyStandIn, RecordingServer, sample_notice, sample_prompt
 
 
 def test_webhook_posts_the_documented_schema() -> None:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ntfy_standin import NtfyStandIn, RecordingServer, sample_notice, sample_prompt
 
 from edge.clock import SystemClock
 from edge.share.notify import (
@@ -26,6 +25,7 @@ from edge.share.notify import (
     PromptDispatcher,
     WebhookNotifier,
 )
+from ntfy_standin import NtfyStandIn, RecordingServer, sample_notice, sample_prompt
 
 TOKEN = "tk_dispatch"
 FAST = Backoff(first_delay_s=0.05, factor=2.0, max_delay_s=0.2)

@@ -18,14 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ntfy_standin import (
-    NTFY_EMOJI_EXCERPT,
-    NtfyStandIn,
-    RecordingServer,
-    SelfSignedCert,
-    sample_notice,
-    sample_prompt,
-)
 
 from edge.share.notify import (
     NTFY_KIND_TAGS,
@@ -37,6 +29,14 @@ from edge.share.notify import (
     read_token_file,
 )
 from edge.share.prompt import prompt_body
+from ntfy_standin import (
+    NTFY_EMOJI_EXCERPT,
+    NtfyStandIn,
+    RecordingServer,
+    SelfSignedCert,
+    sample_notice,
+    sample_prompt,
+)
 
 TOKEN = "tk_AgQdq7mVBoFD37zQVN29RhuMzNIz2"
 

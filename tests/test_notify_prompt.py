@@ -6,7 +6,6 @@ from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from ntfy_standin import sample_notice, sample_prompt
 
 from edge.share.prompt import (
     MAX_BODY_BYTES,
@@ -20,6 +19,7 @@ from edge.share.prompt import (
     prompt_title,
     system_time_zone_name,
 )
+from ntfy_standin import sample_notice, sample_prompt
 
 
 def _ms(zone: str, year: int, month: int, day: int, hour: int, minute: int,
