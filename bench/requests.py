@@ -44,7 +44,12 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from edge.share.mqtt import IncomingMessage, RequestListener, subscription_topics  # noqa: E402
+from edge.share.mqtt import (  # noqa: E402
+    DEFAULT_QUEUE_SIZE,
+    IncomingMessage,
+    RequestListener,
+    subscription_topics,
+)
 
 CAMERA_LAT, CAMERA_LON, PRECISION = 47.6062, -122.3321, 5  # geohash c23nb62q
 PUBLISH_TOPICS = [  # coarser, own and finer cells, all ones the camera hears
@@ -275,7 +280,7 @@ def main() -> None:
     parser.add_argument("--rate", type=int, default=1000, help="requests per second")
     parser.add_argument("--garbage-rate", type=int, default=2000, help="garbage per second")
     parser.add_argument("--matching-fraction", type=float, default=0.01)
-    parser.add_argument("--queue-size", type=int, default=512)
+    parser.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE)
     parser.add_argument("--stage", choices=["both", "floor", "transport"], default="both")
     parser.add_argument("--camera", choices=["floor", "transport"], help=argparse.SUPPRESS)
     parser.add_argument("--publish", action="store_true", help=argparse.SUPPRESS)

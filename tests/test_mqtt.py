@@ -323,6 +323,30 @@ def test_flood_of_garbage_with_a_slow_handler_does_not_stop_a_valid_request(
     assert_nothing_redelivered(broker, "camera-1")  # dropped ones were acked too
 
 
+def test_queue_is_bounded_in_bytes_too(broker: MosquittoBroker) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_first(message: IncomingMessage) -> None:
+        if message.payload == b"first":
+            entered.set()
+            assert release.wait(WAIT_S)
+
+    collector = Collector(before=slow_first)
+    listener = make_listener(broker, collector, queue_bytes=65_536)  # one maximal payload
+    big = [bytes([i]) * 20_000 for i in range(10)]
+    with listening(listener), broker.publisher() as pub:
+        pub.publish(CELL_TOPIC, b"first")
+        assert entered.wait(WAIT_S)
+        pub.publish_many([*((CELL_TOPIC, p) for p in big), (CELL_TOPIC, b"valid request")])
+        wait_stats(listener, lambda s: s.received == 12)
+        release.set()
+        assert collector.wait_for_payload(b"valid request")
+        stats = listener.stats
+    # 3 x 20,000 bytes + the valid one fit in 65,536; the 7 oldest were dropped.
+    assert stats.dropped_overflow == 7
+    assert collector.payloads == [b"first", *big[7:], b"valid request"]
+
+
 # ---------------------------------------------------------------- handler outcomes, crashes
 
 

@@ -64,7 +64,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 MAX_PAYLOAD_BYTES = 65_536  # the spec's limit (`too_large`)
-DEFAULT_QUEUE_SIZE = 512  # worst case 512 x 64 KiB = 32 MiB; real requests are ~2 KiB
+# The queue holds what the judge has not reached yet: enough to ride out a burst
+# (a signed request is ~2 KiB, garbage often less), bounded in bytes as well,
+# so 64 KiB payloads cannot make it large.
+DEFAULT_QUEUE_SIZE = 4096
+DEFAULT_QUEUE_BYTES = 8 * 1024 * 1024
 MAX_PASSWORD_FILE_BYTES = 4096
 # The spec voids a request after 30 days at most, so a longer session would
 # only keep void requests queued at the broker for a camera that is gone.
@@ -224,6 +228,7 @@ class RequestListener:
         tls_key: Path | None = None,
         max_payload_bytes: int = MAX_PAYLOAD_BYTES,
         queue_size: int = DEFAULT_QUEUE_SIZE,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
         keepalive_s: int = 60,
         reconnect_min_delay_s: int = 1,
         reconnect_max_delay_s: int = 120,
@@ -249,6 +254,8 @@ class RequestListener:
             raise ValueError(f"max_payload_bytes {max_payload_bytes} outside 1..16 MiB")
         if not 1 <= queue_size <= 100_000:
             raise ValueError(f"queue_size {queue_size} outside 1..100000")
+        if not max_payload_bytes <= queue_bytes <= 1024 * 1024 * 1024:
+            raise ValueError(f"queue_bytes {queue_bytes} outside max_payload_bytes..1 GiB")
         if not 1 <= reconnect_min_delay_s <= reconnect_max_delay_s:
             raise ValueError("need 1 <= reconnect_min_delay_s <= reconnect_max_delay_s")
 
@@ -258,12 +265,14 @@ class RequestListener:
         self._handler = handler
         self._max_payload_bytes = max_payload_bytes
         self._queue_size = queue_size
+        self._queue_bytes_limit = queue_bytes
         self._keepalive_s = keepalive_s
 
         self._lock = threading.Lock()
         self._queue_ready = threading.Condition(self._lock)  # worker waits for messages
         self._changed = threading.Condition(self._lock)  # wait_for() waits for any change
         self._queue: collections.deque[_Queued] = collections.deque()
+        self._queued_bytes = 0  # payload bytes in _queue
         self._generation = 0  # bumped on every disconnect
         self._received = 0
         self._dropped_oversize = 0
@@ -277,7 +286,9 @@ class RequestListener:
         self._started = False
         self._stop_event = threading.Event()
         self._oversize_log = _DropLog(f"payload over {max_payload_bytes} bytes")
-        self._overflow_log = _DropLog(f"queue of {queue_size} full, oldest dropped")
+        self._overflow_log = _DropLog(
+            f"queue full ({queue_size} messages or {queue_bytes} bytes), oldest dropped"
+        )
         self._last_logged_error: str | None = None  # log a repeating failure once
         self._refused = False  # the broker refused this connection attempt (network thread)
 
@@ -496,14 +507,20 @@ class RequestListener:
                 self._oversize_log.note(now_s)
                 self._ack_locked(queued)  # final: never to be judged, so never redelivered
             else:
-                if len(self._queue) >= self._queue_size:
+                while self._queue and (
+                    len(self._queue) >= self._queue_size
+                    or self._queued_bytes + len(payload) > self._queue_bytes_limit
+                ):
                     # The oldest is dropped for good and acknowledged: kept
                     # unacknowledged it would come back on every reconnect and
                     # hold a slot of the broker's window meanwhile.
-                    self._ack_locked(self._queue.popleft())
+                    oldest = self._queue.popleft()
+                    self._queued_bytes -= len(oldest.message.payload)
+                    self._ack_locked(oldest)
                     self._dropped_overflow += 1
                     self._overflow_log.note(now_s)
                 self._queue.append(queued)
+                self._queued_bytes += len(payload)
                 self._queue_ready.notify()
             self._changed.notify_all()
 
@@ -518,6 +535,7 @@ class RequestListener:
                 if self._stop_event.is_set():
                     return
                 item = self._queue.popleft()
+                self._queued_bytes -= len(item.message.payload)
             try:
                 self._handler(item.message)
             except Exception:
