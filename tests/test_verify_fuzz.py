@@ -4,7 +4,8 @@ Two tests:
 
 - ``test_fuzz_structured_mutations`` (slow): hypothesis draws seeds; each seed
   drives a structure-aware mutator over valid payloads for a batch of
-  payloads (``EDGE_FUZZ_PAYLOADS``, default 100,000 in all). Most mutations edit
+  payloads (``EDGE_FUZZ_PAYLOADS``, default 100,000 in all; the same seeds each
+  run unless ``EDGE_FUZZ_RANDOM=1``). Most mutations edit
   the JSON claims and *re-sign* them with the right key, so they get past the
   signatures and reach every later check; others edit headers, JWS text, the
   outer object or raw bytes. It asserts: never an exception, a verdict that is
@@ -197,6 +198,13 @@ def _junk_value(rng: random.Random, depth: int = 0) -> Any:
 
 # --- mutations ------------------------------------------------------------------------
 
+def _window_near_limits(rng: random.Random) -> dict[str, str]:
+    """Well-formed windows around the length and future limits (iat is now - 30 s)."""
+    end = rng.choice([NOW_S - 600, NOW_S - 30 + 300, NOW_S - 30 + 300.001, NOW_S + 3600])
+    length = rng.choice([0.001, 1, 43_200, 43_200.001, 86_400])
+    return {"start": rfc3339(end - length), "end": rfc3339(end)}
+
+
 REQUEST_FIELDS: dict[str, Callable[[random.Random], Any]] = {
     "iss": lambda r: r.choice(["us-wa-example-pd", "US-WA-EXAMPLE-PD", "", "x" * 300, None]),
     "jti": lambda r: r.choice(_uuids()),
@@ -208,6 +216,7 @@ REQUEST_FIELDS: dict[str, Callable[[random.Random], Any]] = {
     "public_url": lambda r: r.choice([*_urls(), "https://platform.example.org/r/1"]),
     "area": _random_area,
     "window": lambda r: r.choice([
+        _window_near_limits(r), _window_near_limits(r),
         {"start": r.choice(_rfc3339_texts()), "end": r.choice(_rfc3339_texts())},
         {"start": rfc3339(NOW_S - 3600), "end": r.choice(_rfc3339_texts())},
         {"start": r.choice(_rfc3339_texts()), "end": rfc3339(NOW_S - 60)},
@@ -469,9 +478,9 @@ class Generator:
 # --- the oracle -------------------------------------------------------------------------
 
 
-def _judge_and_check(payload: bytes, policy: Policy) -> float:
+def _judge_and_check(payload: bytes, policy: Policy) -> tuple[float, str]:
     """Judges one payload and checks the verdict keeps every promise; returns the
-    time it took."""
+    time it took and the outcome (``accepted`` or the reason)."""
     start = time.perf_counter()
     verdict = check_request(payload, now_s=NOW_S, trust=TRUST, policy=policy, location=LOCATION)
     elapsed = time.perf_counter() - start
@@ -481,7 +490,7 @@ def _judge_and_check(payload: bytes, policy: Policy) -> float:
         assert verdict.detail.isprintable(), verdict.detail
         assert verdict.iss is None or len(verdict.iss) <= 200
         assert verdict.jti is None or len(verdict.jti) == 36
-        return elapsed
+        return elapsed, verdict.reason
     assert isinstance(verdict, Accepted), verdict
     request = verdict.request
     assert request.exp_s > NOW_S and request.iat_s <= NOW_S + policy.skew_s
@@ -497,7 +506,7 @@ def _judge_and_check(payload: bytes, policy: Policy) -> float:
     assert len(request.title) <= 120 and len(request.description) <= 2000
     assert request.upload_protocol in ("tus", "put")
     assert isinstance(verdict.location_match, bool)
-    return elapsed
+    return elapsed, "accepted"
 
 
 def _peak_rss_kib() -> int:
@@ -506,7 +515,6 @@ def _peak_rss_kib() -> int:
 
 class _Run:
     judged = 0
-    accepted = 0
     slowest_s = 0.0
     reasons: dict[str, int] = {}  # noqa: RUF012 - one run per process
 
@@ -523,7 +531,9 @@ def test_fuzz_structured_mutations() -> None:
     rss_before_kib = _peak_rss_kib()
     started = time.monotonic()
 
-    @settings(max_examples=batches, deadline=None, derandomize=True, database=None,
+    # The same seeds on every run (CI must not flake); EDGE_FUZZ_RANDOM=1 explores anew.
+    @settings(max_examples=batches, deadline=None, database=None,
+              derandomize=os.environ.get("EDGE_FUZZ_RANDOM") != "1",
               suppress_health_check=list(HealthCheck))
     # Hypothesis draws the seeds (and reports the failing one); a plain Random
     # drives the mutator, since hypothesis-backed randomness costs a draw per call.
@@ -533,31 +543,28 @@ def test_fuzz_structured_mutations() -> None:
         for i in range(BATCH):
             payload = generator.next()
             policy = INSECURE if i % 10 == 0 else POLICY
-            elapsed = _judge_and_check(payload, policy)
+            elapsed, result = _judge_and_check(payload, policy)
             run.judged += 1
             run.slowest_s = max(run.slowest_s, elapsed)
-            verdict = check_request(payload, now_s=NOW_S, trust=TRUST, policy=policy,
-                                    location=LOCATION) if i % 50 == 0 else None
-            if isinstance(verdict, Rejected):  # judged again: a pure function answers the same
-                run.reasons[verdict.reason] = run.reasons.get(verdict.reason, 0) + 1
-            elif verdict is not None:
-                run.accepted += 1
+            run.reasons[result] = run.reasons.get(result, 0) + 1
             assert elapsed < MAX_ONE_JUDGEMENT_S, (elapsed, payload[:200])
+            if i % 50 == 0:  # judged again: a pure function answers the same
+                again = check_request(payload, now_s=NOW_S, trust=TRUST, policy=policy,
+                                      location=LOCATION)
+                assert (again.reason if isinstance(again, Rejected) else "accepted") == result
 
     batch()
     took_s = time.monotonic() - started
     rss_growth_kib = _peak_rss_kib() - rss_before_kib
     print(f"\nfuzz: {run.judged} payloads in {took_s:.1f} s ({run.judged / took_s:.0f}/s), "
           f"slowest {run.slowest_s * 1000:.1f} ms, peak RSS +{rss_growth_kib / 1024:.1f} MiB; "
-          f"sampled verdicts: accepted {run.accepted}, {dict(sorted(run.reasons.items()))}")
+          f"outcomes: {dict(sorted(run.reasons.items()))}")
     assert run.judged >= batches * BATCH
     assert rss_growth_kib < MAX_RSS_GROWTH_KIB
     # The mutator must reach deep: a sample that never got past the signatures
     # would prove little.
-    deep = {"bad_request", "expired", "bad_window", "bad_area", "upload_not_allowed"}
     if run.judged >= 50_000:
-        assert deep <= set(run.reasons), run.reasons
-        assert run.accepted > 0
+        assert SPEC_REASONS | {"accepted"} <= set(run.reasons), run.reasons
 
 
 # --- hypothesis on the claims themselves ------------------------------------------------------
