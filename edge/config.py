@@ -224,6 +224,7 @@ class MqttConfig:
     client_id: str = _setting("", _string)  # "" = a stable random id kept in data_dir
     username: str = _setting("", _string)
     password_file: Path | None = _setting(None, _optional_path)
+    tls: bool = _setting(False, _bool)  # TLS checked against the system's CAs (or tls_ca)
     tls_ca: Path | None = _setting(None, _optional_path)
     tls_cert: Path | None = _setting(None, _optional_path)
     tls_key: Path | None = _setting(None, _optional_path)
@@ -360,6 +361,8 @@ def _check_across_fields(config: Config) -> None:
                 f"device.timezone: {device.timezone!r} is not a known time zone "
                 '(example: "Europe/Berlin")'
             ) from None
+    if mqtt.client_id and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", mqtt.client_id):
+        raise ConfigError("mqtt.client_id: use 1 to 64 letters, digits, '.', '-' or '_'")
     if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", mqtt.topic_prefix):
         raise ConfigError("mqtt.topic_prefix: use 1 to 64 letters, digits, '-' or '_'")
 

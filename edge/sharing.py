@@ -8,9 +8,7 @@ that fails, shows in the status and is retried; none of it can stop recording.
 from __future__ import annotations
 
 import logging
-import secrets
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from edge.buffer.ring import Ring
@@ -23,7 +21,7 @@ from edge.share.delivery import DeliverySettings, DeliveryWorker
 from edge.share.footage import RingFootage
 from edge.share.geohash import subscription_topics
 from edge.share.intake import Intake, IntakeSettings
-from edge.share.mqtt import IncomingMessage, RequestListener
+from edge.share.mqtt import IncomingMessage, RequestListener, load_or_create_client_id
 from edge.share.notify import DeliveryReport, PromptDispatcher, build_notifiers
 from edge.share.outbox import Outbox
 from edge.share.prompt import system_time_zone_name
@@ -46,24 +44,6 @@ def sharing_disabled_reason(config: Config) -> str | None:
     if not config.trust.platform_keys:
         return "trust.platform_keys is empty: no request could be trusted"
     return None
-
-
-def stable_client_id(data_dir: Path) -> str:
-    """A random MQTT client id kept across restarts (the broker's persistent session).
-
-    Random rather than derived from anything about the device: the broker
-    learns nothing from it but that the same camera came back.
-    """
-    path = data_dir / CLIENT_ID_FILE
-    try:
-        existing = path.read_text().strip()
-        if existing and len(existing) <= 64 and existing.isascii():
-            return existing
-    except FileNotFoundError:
-        pass
-    client_id = f"edge-{secrets.token_hex(8)}"
-    path.write_text(client_id + "\n")
-    return client_id
 
 
 @dataclass
@@ -168,13 +148,14 @@ class Sharing:
         listener = RequestListener(
             mqtt.host,
             mqtt.port,
-            client_id=mqtt.client_id or stable_client_id(data_dir),
+            client_id=mqtt.client_id or load_or_create_client_id(data_dir / CLIENT_ID_FILE),
             topics=subscription_topics(
                 location.lat, location.lon, mqtt.geohash_precision, mqtt.topic_prefix
             ),
             handler=handle,
             username=mqtt.username or None,
             password_file=mqtt.password_file,
+            tls=mqtt.tls,
             tls_ca=mqtt.tls_ca,
             tls_cert=mqtt.tls_cert,
             tls_key=mqtt.tls_key,
