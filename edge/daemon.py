@@ -178,6 +178,19 @@ class Daemon:
             },
         }
 
+    def status_line(self) -> str:
+        """One line for `systemctl status` (STATUS=)."""
+        stats = self.recorder.stats
+        parts = [
+            f"recording {self.config.camera.width}x{self.config.camera.height}"
+            f"@{self.config.camera.fps}: {stats.segments} segments, {stats.frames_dropped} dropped"
+        ]
+        if not self.clock.is_synchronized():
+            parts.append("clock NOT synchronised")
+        if self.sharing is not None:
+            parts.extend(f"{name} {text}" for name, text in self.sharing.status()["parts"].items())
+        return "; ".join(parts)
+
     def _write_status(self) -> None:
         path = self.config.device.data_dir / STATUS_FILE
         temporary = path.with_suffix(".tmp")
@@ -217,6 +230,7 @@ class Daemon:
                     self.notifier.watchdog()
                     last_frames = frames
                 self._write_status()
+                self.notifier.status(self.status_line())
                 self.stop_event.wait(wait_s)
         finally:
             self.shutdown()
