@@ -6,7 +6,6 @@ import json
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from signing import AGENCY_KEY, PLATFORM_KEY, public_raw, sign_text
 
 from edge.share.jws import (
     IJsonError,
@@ -17,6 +16,7 @@ from edge.share.jws import (
     parse_compact,
     sign_compact,
 )
+from signing import AGENCY_KEY, PLATFORM_KEY, public_raw, sign_text
 
 TYP = "clip-manifest+jwt"
 HEADER = {"alg": "EdDSA", "typ": TYP}

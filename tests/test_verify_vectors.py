@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 import pytest
-from conftest import VECTORS_PATH
 
+from conftest import VECTORS_PATH
 from edge.share.geohash import encode
 from edge.share.verify import Accepted, Location, Policy, Rejected, Trust, check_request
 from edge.units import parse_duration_s  # the config's own duration parser ("12h")
