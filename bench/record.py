@@ -117,9 +117,8 @@ def ffmpeg_encode(width: int, height: int, seconds: int, workdir: Path) -> Resul
     ]  # fmt: skip
     cpu_s, rss_mb, _ = run_measured(argv)
     stored = segment_bytes(workdir, "seg")
-    return Result(
-        f"ffmpeg testsrc2 {width}x{height}", cpu_s, float(seconds), rss_mb, None, None, stored
-    )
+    label = f"ffmpeg testsrc2 {width}x{height}"
+    return Result(label, cpu_s, float(seconds), rss_mb, stored_bytes=stored)
 
 
 def ffmpeg_copy(file: Path, seconds: int, workdir: Path) -> Result:
@@ -131,9 +130,8 @@ def ffmpeg_copy(file: Path, seconds: int, workdir: Path) -> Result:
         str(workdir / "copy%05d.mp4"),
     ]  # fmt: skip
     cpu_s, rss_mb, _ = run_measured(argv)
-    return Result(
-        "ffmpeg -c copy", cpu_s, float(seconds), rss_mb, None, None, segment_bytes(workdir, "copy")
-    )
+    stored = segment_bytes(workdir, "copy")
+    return Result("ffmpeg -c copy", cpu_s, float(seconds), rss_mb, stored_bytes=stored)
 
 
 def segment_bytes(workdir: Path, prefix: str) -> int:
