@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +128,27 @@ def test_open_source_builds_the_virtual_camera() -> None:
 def test_refuses_frames_smaller_than_the_strip_needs() -> None:
     with pytest.raises(ValueError, match="at least 320x180"):
         VirtualCamera(160, 120, 30, ManualClock(T0_MS))
+
+
+def test_the_virtual_path_imports_neither_cv2_nor_picamera2() -> None:
+    code = (
+        "import sys\n"
+        "from edge.capture import open_source\n"
+        "from edge.capture.encoder import make_encoder\n"
+        "from edge.buffer.segmenter import Segmenter\n"
+        "from edge.recorder import Recorder\n"
+        "from edge.clock import SystemClock\n"
+        "source = open_source('virtual', 320, 180, 30, None, None, SystemClock())\n"
+        "make_encoder('auto', 320, 180, 30, 23, None, 60)\n"
+        "heavy = {'cv2', 'picamera2'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr
