@@ -198,3 +198,22 @@ def test_signal_stops_cleanly_and_keeps_the_last_segment(tmp_path: Path, signum:
     status = json.loads(run_edge("--config", str(config), "status", "--json").stdout)
     assert status["buffer"]["segments"] == 1
     assert status["daemon"] is None  # it says it is no longer running
+
+
+def test_keys_init_makes_private_keys_once_and_run_refuses_open_ones(tmp_path: Path) -> None:
+    config = tmp_path / "edge.toml"
+    config.write_text(f'[device]\ndata_dir = "{tmp_path / "data"}"\n')
+    first = run_edge("--config", str(config), "keys", "init")
+    assert first.returncode == 0, first.stderr
+    keys_dir = tmp_path / "data" / "keys"
+    private = sorted(p for p in keys_dir.iterdir() if not p.name.endswith(".pub"))
+    assert private and all(p.stat().st_mode & 0o077 == 0 for p in private)
+    before = {p.name: p.read_bytes() for p in private}
+    second = run_edge("--config", str(config), "keys", "init")
+    assert second.returncode == 0 and b"nothing changed" in second.stdout
+    assert {p.name: p.read_bytes() for p in private} == before  # never overwritten
+    private[0].chmod(0o644)
+    refused = run_edge("--config", str(config), "run", "--duration", "1")
+    assert refused.returncode == 1
+    assert private[0].name.encode() in refused.stderr and b"chmod" in refused.stderr
+    assert b"Traceback" not in refused.stderr

@@ -39,6 +39,7 @@ from edge.share.verify import Location
 log = logging.getLogger(__name__)
 
 HANDLED_REV_COUNTER = "consent_handled_rev"
+HOUSEKEEPING_INTERVAL_S = 600.0  # replay cache and spent tokens pruned this often
 POLL_INTERVAL_S = 0.5  # a decision on the CLI reaches the daemon within a second
 
 
@@ -234,6 +235,7 @@ class ConsentService:
         self._lock = threading.Lock()  # guards _pin_lost; taken by intake and review threads
         self._pin_lost: set[int] = set()
         self._step_lock = threading.Lock()  # one round at a time (worker, or a test's call)
+        self._housekept_at_s: float | None = None
         self._thread = threading.Thread(target=self._run, name="edge-consent")
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -402,6 +404,14 @@ class ConsentService:
                 self._follow(record)
             if new_rev != handled_rev:
                 self._store.set_counter(HANDLED_REV_COUNTER, new_rev)
+            monotonic_s = self._clock.monotonic_s()
+            if (
+                self._housekept_at_s is None
+                or monotonic_s - self._housekept_at_s >= HOUSEKEEPING_INTERVAL_S
+            ):
+                self._housekept_at_s = monotonic_s
+                self._store.prune_replay(now_ms)
+                self._tokens.prune(now_ms)
 
     def _follow(self, record: RequestRecord) -> None:
         request_id = record.id
