@@ -52,8 +52,10 @@ class Camera:
     closers: list
 
 
-def start_camera(data_dir: Path, clock: ManualClock, *, fill: bool) -> Camera:
-    ring = open_ring(data_dir, clock)
+def start_camera(
+    data_dir: Path, clock: ManualClock, *, fill: bool, pin_cap_bytes: int = 1 << 28
+) -> Camera:
+    ring = open_ring(data_dir, clock, pin_cap_bytes=pin_cap_bytes)
     if fill:
         put_all(ring, make_segments(SPEC))
     footage = RingFootage(ring)
@@ -340,3 +342,24 @@ def test_restart_in_every_state_neither_repeats_nor_skips(tmp_path: Path) -> Non
     log_text = "".join(p.read_text() for p in sorted((data_dir / "audit").glob("audit.log*")))
     assert log_text.count('"decision":"approved"') == 1
     assert log_text.count('"decision":"denied"') == 1
+
+
+def test_past_the_pin_cap_the_newest_footage_is_held_and_the_owner_told(tmp_path: Path) -> None:
+    segment_bytes = max(len(segment.mp4) for segment in make_segments(SPEC))
+    cam = start_camera(
+        tmp_path / "data", ManualClock(NOW_MS), fill=True, pin_cap_bytes=3 * segment_bytes
+    )
+    try:
+        request_id = take_in_request(cam)
+        assert cam.prompted.wait(10)
+        assert "pin cap was reached" in cam.console.getvalue()
+        (pin,) = cam.ring.status().pins  # type: ignore[attr-defined]
+        record = cam.store.get(request_id)
+        assert record is not None and record.window_start_ms is not None
+        assert pin.owner_id == f"request-{request_id}"
+        assert record.window_start_ms < pin.start_ms < pin.end_ms == record.window_end_ms
+        view = cam.consent.view(str(request_id))
+        assert view is not None and view.footage_lost_to_pin_cap
+    finally:
+        for close in cam.closers:
+            close()

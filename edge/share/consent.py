@@ -261,10 +261,7 @@ class ConsentService:
         if record is None or record.state != "pending" or record.request is None:
             return
         assert record.window_start_ms is not None and record.window_end_ms is not None
-        try:
-            self._pinning.pin(record.window_start_ms, record.window_end_ms, _pin_owner(request_id))
-        except PinCapExceeded as exc:
-            log.warning("request %s: footage not all held back from eviction: %s", request_id, exc)
+        if not self._pin_window(request_id, record.window_start_ms, record.window_end_ms):
             with self._lock:
                 self._pin_lost.add(request_id)
         expires_ms = record.decide_by_ms or record.exp_ms or self._clock.now_ms()
@@ -300,6 +297,30 @@ class ConsentService:
             audit_head=self._audit.head(),
         )
         self._dispatcher.submit(prompt)
+
+    def _pin_window(self, request_id: int, start_ms: int, end_ms: int) -> bool:
+        """Holds the window's footage back from eviction; True if all of it.
+
+        Past the pin cap, as much of the window as fits is held, its newest part
+        (found by halving), and the owner is told the rest may be lost.
+        """
+        owner = _pin_owner(request_id)
+        try:
+            self._pinning.pin(start_ms, end_ms, owner)
+            return True
+        except PinCapExceeded as exc:
+            log.warning("request %s: not all its footage can be held back: %s", request_id, exc)
+        too_early, fits = start_ms, end_ms  # pinning from too_early fails; from fits, nothing
+        for _ in range(16):
+            middle = (too_early + fits) // 2
+            if fits - too_early <= 1000 or middle >= end_ms:
+                break
+            try:
+                self._pinning.pin(middle, end_ms, owner)
+                fits = middle
+            except PinCapExceeded:
+                too_early = middle
+        return False
 
     # -- ReviewBackend (review server threads) -----------------------------------------
 
