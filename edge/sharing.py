@@ -8,6 +8,7 @@ that fails, shows in the status and is retried; none of it can stop recording.
 from __future__ import annotations
 
 import logging
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +45,21 @@ def sharing_disabled_reason(config: Config) -> str | None:
     if not config.trust.platform_keys:
         return "trust.platform_keys is empty: no request could be trusted"
     return None
+
+
+def review_base_url(config: Config) -> str:
+    """Where the owner's phone reaches the review page: ``review.url``, or a guess
+    from ``review.listen`` (this host's mDNS name). "" when the page is off."""
+    review = config.review
+    if not review.listen:
+        return ""
+    if review.url:
+        return review.url.rstrip("/")
+    host, _, port = review.listen.rpartition(":")
+    if host in ("0.0.0.0", "::", "[::]", ""):
+        host = f"{socket.gethostname()}.local"
+    scheme = "https" if review.tls_cert is not None else "http"
+    return f"{scheme}://{host}:{port}"
 
 
 @dataclass
@@ -114,7 +130,7 @@ class Sharing:
             ConsentSettings(
                 location=location,
                 time_zone=time_zone,
-                review_url=config.review.url if config.review.listen else "",
+                review_url=review_base_url(config),
                 exclude_unsynced=exclude_unsynced,
             ),
             store,
