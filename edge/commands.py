@@ -55,8 +55,27 @@ def request_check(config: Config, payload_file: Path | None, now_text: str | Non
     verdict = check_request(
         payload, now_s=now_ms / 1000, trust=trust, policy=policy, location=location
     )
+    verdict = _as_duplicate_if_taken(config, verdict)
     print(render_check(verdict))
     return check_exit_status(verdict)
+
+
+def _as_duplicate_if_taken(config: Config, verdict: Any) -> Any:
+    """As the daemon would: a request this camera already accepted is a duplicate."""
+    from edge.share.store import DB_NAME, RequestStore, StoreError
+    from edge.share.verify import Accepted, Rejected
+
+    if not isinstance(verdict, Accepted) or not (config.device.data_dir / DB_NAME).exists():
+        return verdict
+    try:
+        with RequestStore(config.device.data_dir, SystemClock()) as store:
+            taken = store.seen(verdict.request.iss, verdict.request.jti)
+    except (StoreError, PermissionError):
+        return verdict  # a store we cannot read says nothing either way
+    if not taken:
+        return verdict
+    request = verdict.request
+    return Rejected("duplicate", request.iss, request.jti, "already accepted by this camera")
 
 
 def _print_json(value: object) -> None:
