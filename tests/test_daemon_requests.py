@@ -203,6 +203,13 @@ def test_request_pending_approved_on_cli_and_delivered(
         for p in (config.parent / "data" / "outbox").iterdir()
     )
 
+    # Judged again "as the daemon would", the approved request is now a duplicate.
+    payload_file = config.parent / "approved.json"
+    payload_file.write_bytes(approved_payload)
+    check = run_edge("--config", str(config), "request", "check", str(payload_file))
+    assert check.returncode == 1
+    assert json.loads(check.stdout)["reason"] == "duplicate"
+
     assert process.poll() is None
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
