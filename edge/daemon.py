@@ -198,7 +198,11 @@ class Daemon:
         os.replace(temporary, path)
 
     def run(self, duration_s: float | None = None) -> int:
-        self.recorder.start()
+        try:
+            self.recorder.start()
+        except RuntimeError as exc:  # picamera2 missing, or the camera would not start
+            self.ring.close()
+            raise StartupError(f"camera ({self.config.camera.source}): {exc}") from None
         if self.sharing is not None:
             self.sharing.start()
         self.notifier.ready(f"recording {self.config.camera.source} camera")
