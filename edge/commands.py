@@ -141,7 +141,8 @@ def _status_text(
             + ("synchronised" if running.get("clock_synchronized") else "NOT synchronised")
         )
         lines.append(
-            f"camera:   {camera.get('source')}: {camera.get('frames_captured')} frames, "
+            f"camera:   {camera.get('source')} ({camera.get('encoder')}): "
+            f"{camera.get('frames_captured')} frames, "
             f"{camera.get('frames_dropped')} dropped, {camera.get('segments')} segments"
             + (f"; last error: {camera['last_error']}" if camera.get("last_error") else "")
         )

@@ -74,7 +74,10 @@ def open_ring(config: Config, clock: Clock) -> Ring:
         raise StartupError(f"{exc.filename}: permission denied") from None
 
 
-def build_recorder(config: Config, ring: Ring, clock: Clock, run_id: str) -> Recorder:
+def build_recorder(
+    config: Config, ring: Ring, clock: Clock, run_id: str
+) -> tuple[Recorder, str]:
+    """The recording pipeline, and the name of what encodes (for the status)."""
     camera = config.camera
     keyframe_interval = camera.fps * config.buffer.segment_seconds
     try:
@@ -108,7 +111,8 @@ def build_recorder(config: Config, ring: Ring, clock: Clock, run_id: str) -> Rec
         run_id=run_id,
         segment_seconds=config.buffer.segment_seconds,
     )
-    return Recorder(source, segmenter, clock, encoder=encoder)
+    encoder_name = encoder.name if encoder is not None else "the source's own H.264"
+    return Recorder(source, segmenter, clock, encoder=encoder), encoder_name
 
 
 def build_sharing(config: Config, ring: Ring, clock: Clock) -> Sharing | None:
@@ -140,6 +144,7 @@ class Daemon:
     ring: Ring
     recorder: Recorder
     run_id: str
+    encoder_name: str
     sharing: Sharing | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
@@ -150,13 +155,19 @@ class Daemon:
         run_id = uuid.uuid4().hex[:12]
         ring = open_ring(config, clock)
         try:
-            recorder = build_recorder(config, ring, clock, run_id)
+            recorder, encoder_name = build_recorder(config, ring, clock, run_id)
             sharing = build_sharing(config, ring, clock)
         except BaseException:
             ring.close()
             raise
         return cls(
-            config=config, clock=clock, ring=ring, recorder=recorder, run_id=run_id, sharing=sharing
+            config=config,
+            clock=clock,
+            ring=ring,
+            recorder=recorder,
+            run_id=run_id,
+            encoder_name=encoder_name,
+            sharing=sharing,
         )
 
     def status(self) -> dict[str, Any]:
@@ -169,6 +180,7 @@ class Daemon:
             "clock_synchronized": self.clock.is_synchronized(),
             "camera": {
                 "source": self.config.camera.source,
+                "encoder": self.encoder_name,
                 "frames_captured": stats.frames_captured,
                 "frames_dropped": stats.frames_dropped,
                 "frames_encoded": stats.frames_encoded,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge.buffer.ring import Ring
@@ -74,6 +74,8 @@ class Sharing:
     intake: Intake
     listener: RequestListener
     review: ReviewServer | None
+    notifier_names: list[str] = field(default_factory=list)
+    notifier_health: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: Config, ring: Ring, clock: Clock) -> Sharing:
@@ -93,7 +95,12 @@ class Sharing:
         tokens = TokenStore(data_dir / "tokens.db")
         outbox = Outbox(data_dir / "outbox", config.keys_dir)
 
+        notifier_health: dict[str, str] = {}  # written by edge-notify-* threads, read by status
+
         def on_report(report: DeliveryReport) -> None:  # runs on edge-notify-* threads
+            notifier_health[report.notifier] = (
+                "ok" if report.delivered else f"failing ({report.error or 'no answer'})"
+            )
             if report.delivered:
                 audit.append(
                     "notified", id=report.request_id, what=report.message, via=report.notifier
@@ -186,9 +193,12 @@ class Sharing:
                 tls_cert=config.review.tls_cert,
                 tls_key=config.review.tls_key,
             )
-        return cls(
+        sharing = cls(
             audit, store, tokens, outbox, dispatcher, consent, delivery, intake, listener, review
         )
+        sharing.notifier_names = [n.name for n in notifiers]
+        sharing.notifier_health = notifier_health
+        return sharing
 
     def start(self) -> None:
         self.dispatcher.start()
@@ -218,6 +228,9 @@ class Sharing:
             "requests": ", ".join(f"{n} {state}" for state, n in self.store.counts().items() if n)
             or "none yet",
         }
+        parts["notify"] = ", ".join(
+            f"{name} {self.notifier_health.get(name, 'idle')}" for name in self.notifier_names
+        ) or "off (no notifier in [notify])"
         if self.review is not None:
             parts["review"] = f"serving on port {self.review.port}"
         if self.delivery.active_request is not None:
