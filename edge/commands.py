@@ -147,7 +147,8 @@ def _status_text(
             + (f"; last error: {camera['last_error']}" if camera.get("last_error") else "")
         )
         for name, part in running.get("parts", {}).items():
-            lines.append(f"{name + ':':<9} {part}")
+            if name != "requests":  # read fresh from the store below
+                lines.append(f"{name + ':':<9} {part}")
     if buffer.segments == 0:
         lines.append("buffer:   empty")
     else:
