@@ -203,8 +203,9 @@ def _mux_plain(extradata: bytes, packets: list[av.Packet], spec: RunSpec) -> byt
         format="mp4",
         options={"movflags": "frag_keyframe+empty_moov+default_base_moof"},
     ) as output:
+        # No time base set: the muxer picks its own (1/10240 at 10 fps), unlike the
+        # segmenter's 1/90000, so a clip mixing both styles must rescale.
         stream = output.add_stream_from_template(template_input.streams.video[0])
-        stream.time_base = _TIME_BASE
         for packet in packets:
             packet.time_base = fractions.Fraction(1, spec.fps)
             packet.stream = stream

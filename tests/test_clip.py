@@ -142,6 +142,26 @@ def test_b_frames_and_both_segment_timing_styles(tmp_path: Path, segmenter_style
     ring.close()
 
 
+def test_runs_with_different_time_bases_join_evenly(tmp_path: Path) -> None:
+    clock = ManualClock(T0_MS)
+    ring = open_ring(tmp_path, clock)
+    put_all(ring, make_segments(RunSpec(count=3)), clock)  # 1/90000, like the segmenter
+    plain = RunSpec(
+        count=3,
+        start_ms=T0_MS + 10_000,
+        first_frame_number=300,
+        run_id="r2",
+        segmenter_style=False,  # the muxer's own time base
+    )
+    put_all(ring, make_segments(plain), clock)
+    data, info = clip_bytes(ring, T0_MS, T0_MS + 20_000)
+    assert decode_frame_numbers(data) == list(range(0, 30)) + list(range(300, 330))
+    assert info.duration_ms == 6_000
+    pts = sorted(int(p["pts"]) for p in ffprobe(data)["packets"])  # type: ignore[index]
+    assert len({b - a for a, b in itertools.pairwise(pts)}) == 1
+    ring.close()
+
+
 def test_a_new_run_at_another_resolution_still_decodes(tmp_path: Path) -> None:
     clock = ManualClock(T0_MS)
     ring = open_ring(tmp_path, clock)

@@ -20,6 +20,7 @@ import hashlib
 import io
 import logging
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO, Protocol
@@ -175,7 +176,8 @@ class _Remuxer:
         with _open_segment(segment) as source:
             stream = source.streams.video[0]
             in_band = self._parameter_sets_if_changed(stream)
-            scale = (stream.time_base or self._time_base) / self._time_base
+            scale = Fraction(stream.time_base or self._time_base) / self._time_base
+            rescale = _rescaler(scale)
             base_dts: int | None = None
             end = self._offset
             frame_ticks = self._nominal_frame_ticks(segment)
@@ -184,13 +186,13 @@ class _Remuxer:
                     continue  # the demuxer's empty packet at the end of the file
                 if base_dts is None:
                     base_dts = packet.dts
-                dts = self._offset + round((packet.dts - base_dts) * scale)
+                dts = self._offset + rescale(packet.dts - base_dts)
                 pts_in = packet.pts if packet.pts is not None else packet.dts
-                pts = self._offset + round((pts_in - base_dts) * scale)
+                pts = self._offset + rescale(pts_in - base_dts)
                 if self._last_dts is not None and dts <= self._last_dts:
                     dts = self._last_dts + 1  # never backwards, whatever the input did
                 pts = max(pts, dts)
-                duration = round(packet.duration * scale) if packet.duration else frame_ticks
+                duration = rescale(packet.duration) if packet.duration else frame_ticks
                 if in_band and packet.is_keyframe:
                     packet = _with_prefix(packet, in_band)
                     in_band = b""
@@ -251,6 +253,12 @@ class _Remuxer:
             log.info("clip: H.264 parameters change at a segment boundary; carried in band")
             self._announced_extradata = extradata
         return _avcc_to_length_prefixed(extradata, _avcc_length_size(self._extradata))
+
+
+def _rescaler(scale: Fraction) -> Callable[[int], int]:
+    if scale == 1:  # the usual case (one time base for the whole ring): plain ints
+        return lambda ticks: ticks
+    return lambda ticks: round(ticks * scale)
 
 
 def _open_segment(segment: OpenedSegment) -> av.container.InputContainer:
