@@ -447,29 +447,25 @@ class ConsentService:
 
     def _act_on(self, record: RequestRecord) -> None:
         request_id = record.id
-        if record.state == "approved":
+        if record.state in ("approved", "denied"):
+            approved = record.state == "approved"
+            what_was_approved: dict[str, object] = {}
+            if approved:
+                what_was_approved = {
+                    "start": record.approved_start_ms,
+                    "end": record.approved_end_ms,
+                    "clip_sha256": record.clip_sha256,
+                }
             self._audit.append(
                 "decided",
                 durable=True,
                 id=request_id,
-                decision="approved",
+                decision=record.state,
                 channel=record.decision_channel,
                 by=record.decided_by,
-                start=record.approved_start_ms,
-                end=record.approved_end_ms,
-                clip_sha256=record.clip_sha256,
+                **what_was_approved,
             )
-            self._close_request(record, keep_clip=True)
-        elif record.state == "denied":
-            self._audit.append(
-                "decided",
-                durable=True,
-                id=request_id,
-                decision="denied",
-                channel=record.decision_channel,
-                by=record.decided_by,
-            )
-            self._close_request(record, keep_clip=False)
+            self._close_request(record, keep_clip=approved)
         elif record.state == "expired":
             self._audit.append("expired", durable=True, id=request_id, reason=record.reason)
             self._close_request(record, keep_clip=False)
