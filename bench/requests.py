@@ -604,7 +604,9 @@ def _report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
 def _report_judge(r: dict[str, Any]) -> None:
     rec, listener, sent = r["recorder"], r["listener"], r["sent"]
     lost = r["matching_not_pending"]
-    print(f"judge: store {r['store_counts']}; listener {listener}; "
+    stored = {state: n for state, n in r["store_counts"].items() if n}
+    print(f"judge: outcomes {r['outcomes']} (the store keeps {stored}: rejected rows are capped); "
+          f"listener {listener}; "
           f"drained {'yes' if r['drained'] else 'NO'} {r['drain_s']:.1f} s after the last ack; "
           f"unsynced_footage = {r['unsynced_footage']}; encoder {r['encoder']}")
     busy_s = rec["flood_wall_s"] + r["drain_s"]
