@@ -31,6 +31,8 @@ from edge.share.verify import (
 
 log = logging.getLogger(__name__)
 
+REJECTIONS_STORED_PER_MINUTE = 60
+
 
 class FootageIndex(Protocol):
     """How much footage the buffer holds of a window (the ring's time index)."""
@@ -83,6 +85,24 @@ class Intake:
         self._footage = footage
         self._clock = clock
         self._on_pending = on_pending
+        # Used by the listener's one worker thread only.
+        self._rejection_minute = -1
+        self._rejections_this_minute: dict[str, int] = {}
+
+    def _rejections_to_store(self, reason: str, now_ms: int) -> bool:
+        """Whether this rejection gets a row of its own in the store.
+
+        The first ``REJECTIONS_STORED_PER_MINUTE`` per reason and minute do (they
+        show in `edge requests --all`); past that, in a flood, a rejection is only
+        counted in the audit log, as the spec allows, so garbage costs no write.
+        """
+        minute = now_ms // 60_000
+        if minute != self._rejection_minute:
+            self._rejection_minute = minute
+            self._rejections_this_minute.clear()
+        count = self._rejections_this_minute.get(reason, 0) + 1
+        self._rejections_this_minute[reason] = count
+        return count <= REJECTIONS_STORED_PER_MINUTE
 
     def judge(self, payload: bytes, now_ms: int) -> Verdict:
         s = self._settings
@@ -95,26 +115,26 @@ class Intake:
         now_ms = self._clock.now_ms()
         verdict = self.judge(payload, now_ms)
         if isinstance(verdict, Rejected):
-            self._store.reject(
-                Rejection(
-                    reason=verdict.reason,
-                    received_ms=now_ms,
-                    topic=topic,
-                    iss=verdict.iss,
-                    jti=verdict.jti,
-                    detail=verdict.detail,
+            if self._rejections_to_store(verdict.reason, now_ms):
+                self._store.reject(
+                    Rejection(
+                        reason=verdict.reason,
+                        received_ms=now_ms,
+                        topic=topic,
+                        iss=verdict.iss,
+                        jti=verdict.jti,
+                        detail=verdict.detail,
+                    )
                 )
-            )
             # Counted per reason and minute under a flood (audit.append_counted).
             self._audit.append_counted("rejected", verdict.reason, iss=verdict.iss, jti=verdict.jti)
-            log.info("rejected a request (%s): %s", verdict.reason, verdict.detail)
+            # DEBUG: a flood must not flood the journal too; counts are in the audit log.
+            log.debug("rejected a request (%s): %s", verdict.reason, verdict.detail)
             return IntakeOutcome(verdict, "rejected", None)
         return self._take_in(verdict, topic, now_ms)
 
     def _take_in(self, verdict: Accepted, topic: str, now_ms: int) -> IntakeOutcome:
         request = verdict.request
-        if self._store.seen(request.iss, request.jti):
-            return IntakeOutcome(verdict, "duplicate", None)  # not logged twice (spec)
         reason = None
         if not verdict.location_match:
             reason = "outside_area"
@@ -147,21 +167,28 @@ class Intake:
             received_ms=now_ms,
             decide_by_ms=decide_by_ms,
             reason=reason,
+            # A pending request is on disk before the owner is asked; a request
+            # that does not match sends nothing, and a flood of them must not
+            # cost an fsync each.
+            durable=state == "pending",
         )
         if result.duplicate:
-            return IntakeOutcome(verdict, "duplicate", result.id)
+            return IntakeOutcome(verdict, "duplicate", result.id)  # not logged twice (spec)
         distance = distance_m(self._settings.location.point, request.centre)
-        self._audit.append(
-            state,
-            durable=True,
-            id=result.id,
-            iss=request.iss,
-            jti=request.jti,
-            agency=request.agency_name,
-            reason=reason,
-            distance_m=round(distance),
-        )
-        log.info(
+        details = {
+            "id": result.id,
+            "iss": request.iss,
+            "jti": request.jti,
+            "agency": request.agency_name,
+            "distance_m": round(distance),
+        }
+        if state == "pending":
+            self._audit.append("pending", durable=True, **details)
+        else:
+            assert reason is not None
+            self._audit.append_counted("not_matching", reason, **details)
+        log.log(
+            logging.INFO if state == "pending" else logging.DEBUG,
             "request %s from %s (%s): %s%s",
             result.id,
             request.agency_name,

@@ -465,6 +465,7 @@ class RequestStore:
         received_ms: int | None = None,
         decide_by_ms: int | None = None,
         reason: str | None = None,
+        durable: bool = True,
     ) -> AcceptResult:
         """Takes in a request that passed every check, unless (iss, jti) was taken in before.
 
@@ -473,6 +474,8 @@ class RequestStore:
         ``pending`` (matching) or ``not_matching`` (``reason`` may say why).
         ``decide_by_ms`` is the owner's decision deadline; the store keeps
         min(it, exp). ``request`` is the verified request as a JSON-able dict.
+        ``durable=False`` (for ``not_matching``, which a flood multiplies and which
+        sends nothing) commits without fsyncing the WAL, as rejections are.
         """
         if state not in ("pending", "not_matching"):
             raise ValueError(f"a request is taken in as pending or not_matching, not {state!r}")
@@ -486,7 +489,7 @@ class RequestStore:
         now_ms = self._clock.now_ms()
         received = now_ms if received_ms is None else int(received_ms)
         decide_by = exp_ms if decide_by_ms is None else min(int(decide_by_ms), int(exp_ms))
-        with self._write() as db:
+        with self._write(durable) as db:
             existing = db.execute(
                 "SELECT request_id FROM replay WHERE iss = ? AND jti = ?", (iss, jti)
             ).fetchone()
