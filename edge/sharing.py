@@ -164,8 +164,8 @@ class Sharing:
             on_pending=consent.prompt,
         )
 
-        def handle(message: IncomingMessage) -> None:
-            intake.handle(message.topic, message.payload)
+        def handle(messages: list[IncomingMessage]) -> None:
+            intake.handle_batch([(message.topic, message.payload) for message in messages])
 
         mqtt = config.mqtt
         listener = RequestListener(
@@ -175,7 +175,7 @@ class Sharing:
             topics=subscription_topics(
                 location.lat, location.lon, mqtt.geohash_precision, mqtt.topic_prefix
             ),
-            handler=handle,
+            batch_handler=handle,
             username=mqtt.username or None,
             password_file=mqtt.password_file,
             tls=mqtt.tls,

@@ -319,7 +319,7 @@ def test_flood_of_garbage_with_a_slow_handler_does_not_stop_a_valid_request(
     assert stats.dropped_overflow == garbage_count + 1 - queue_size
     assert collector.payloads[0] == b"first"
     assert collector.payloads[-1] == b"valid request"
-    assert collector.payloads[1:-1] == [p for _, p in garbage[-(queue_size - 1):]]
+    assert collector.payloads[1:-1] == [p for _, p in garbage[-(queue_size - 1) :]]
     assert_nothing_redelivered(broker, "camera-1")  # dropped ones were acked too
 
 
@@ -451,3 +451,40 @@ def test_broker_helper_keeps_its_port_and_shows_its_log(broker: MosquittoBroker)
     assert broker.port == port and broker.running
     with pytest.raises(TimeoutError, match="no mosquitto log line"):
         broker.wait_for_log("never printed", after=broker.log_cursor(), timeout_s=0.2)
+
+
+def test_batch_handler_gets_what_has_queued_and_every_message_is_acked(
+    broker: MosquittoBroker,
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    batches: list[list[bytes]] = []
+    done = threading.Condition()
+
+    def judge(messages: list[IncomingMessage]) -> None:
+        if messages[0].payload == b"first":
+            entered.set()
+            assert release.wait(WAIT_S)  # the rest queue up meanwhile
+        with done:
+            batches.append([m.payload for m in messages])
+            done.notify_all()
+
+    listener = RequestListener(
+        broker.host,
+        broker.port,
+        client_id="camera-1",
+        topics=TOPICS,
+        batch_handler=judge,
+        max_batch=40,
+    )
+    payloads = [b"m%03d" % i for i in range(100)]
+    with listening(listener), broker.publisher() as pub:
+        pub.publish(CELL_TOPIC, b"first")
+        assert entered.wait(WAIT_S)
+        pub.publish_many([(CELL_TOPIC, p) for p in payloads])
+        wait_stats(listener, lambda s: s.received == 101)
+        release.set()
+        wait_stats(listener, lambda s: s.handled == 101 and s.queued == 0)
+    assert batches[0] == [b"first"]
+    assert [p for batch in batches[1:] for p in batch] == payloads  # in order, once each
+    assert max(len(batch) for batch in batches) == 40  # bounded, and really batched
+    assert_nothing_redelivered(broker, "camera-1")

@@ -206,7 +206,11 @@ class RequestListener:
     """Subscribes to request topics and hands each payload to `handler` on one worker thread.
 
     `handler(message)` judges and stores the message; returning normally means
-    "kept", and only then is the message acknowledged to the broker. If it
+    "kept", and only then is the message acknowledged to the broker. With
+    `batch_handler(messages)` instead, the worker hands over up to `max_batch`
+    queued messages at once (as many as are waiting: no wait to fill a batch),
+    so the judge can store them in one transaction; all are acknowledged after
+    it returns. If it
     raises, the traceback is logged and the message is acknowledged anyway: a
     payload that crashes the judge would otherwise come back on every
     reconnect, and each one held unacknowledged uses up the broker's window.
@@ -219,7 +223,9 @@ class RequestListener:
         *,
         client_id: str,
         topics: Sequence[str],
-        handler: Callable[[IncomingMessage], None],
+        handler: Callable[[IncomingMessage], None] | None = None,
+        batch_handler: Callable[[list[IncomingMessage]], None] | None = None,
+        max_batch: int = 64,
         username: str | None = None,
         password_file: Path | None = None,
         tls: bool = False,
@@ -233,6 +239,10 @@ class RequestListener:
         reconnect_min_delay_s: int = 1,
         reconnect_max_delay_s: int = 120,
     ) -> None:
+        if (handler is None) == (batch_handler is None):
+            raise ValueError("give exactly one of handler and batch_handler")
+        if not 1 <= max_batch <= 10_000:
+            raise ValueError(f"max_batch {max_batch} outside 1..10000")
         if not host:
             raise ValueError("host is empty")
         if not 1 <= port <= 65535:
@@ -263,6 +273,8 @@ class RequestListener:
         self._port = port
         self._topics = list(topics)
         self._handler = handler
+        self._batch_handler = batch_handler
+        self._max_batch = max_batch if batch_handler is not None else 1
         self._max_payload_bytes = max_payload_bytes
         self._queue_size = queue_size
         self._queue_bytes_limit = queue_bytes
@@ -314,9 +326,7 @@ class RequestListener:
             except (OSError, ssl.SSLError) as exc:
                 files = ", ".join(str(p) for p in (tls_ca, tls_cert, tls_key) if p is not None)
                 files = files or "system CAs"
-                raise MqttSetupError(
-                    f"mqtt TLS files ({files}) cannot be loaded: {exc}"
-                ) from None
+                raise MqttSetupError(f"mqtt TLS files ({files}) cannot be loaded: {exc}") from None
         # paho logs through a logger of ours (its DEBUG lines cost nothing when
         # disabled); its ERROR lines also feed last_error.
         self._paho_log = logging.getLogger(f"{__name__}.paho.{client_id}")
@@ -400,8 +410,9 @@ class RequestListener:
             # Refused (bad login, not authorised, ...): not connected; paho
             # closes the socket and tries again after its backoff.
             self._refused = True
-            self._note_error(f"broker {self._host}:{self._port} refused the connection: "
-                             f"{reason_code}")
+            self._note_error(
+                f"broker {self._host}:{self._port} refused the connection: {reason_code}"
+            )
             return
         with self._lock:
             self._connected = True
@@ -410,7 +421,9 @@ class RequestListener:
         self._last_logged_error = None
         logger.info(
             "connected to MQTT broker %s:%d (session %s)",
-            self._host, self._port, "resumed" if flags.session_present else "new",
+            self._host,
+            self._port,
+            "resumed" if flags.session_present else "new",
         )
         # Subscribing on every connect restores the subscriptions even when the
         # broker lost the session. Retained copies are never taken: requests are
@@ -534,24 +547,34 @@ class RequestListener:
                     self._queue_ready.wait()
                 if self._stop_event.is_set():
                     return
-                item = self._queue.popleft()
-                self._queued_bytes -= len(item.message.payload)
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))
+                ]
+                self._queued_bytes -= sum(len(item.message.payload) for item in batch)
             try:
-                self._handler(item.message)
+                if self._batch_handler is not None:
+                    self._batch_handler([item.message for item in batch])
+                else:
+                    assert self._handler is not None
+                    self._handler(batch[0].message)
             except Exception:
                 logger.exception(
-                    "request handler failed on a %d-byte message from %s; acknowledged so "
-                    "it does not come back", len(item.message.payload), item.message.topic,
+                    "request handler failed on %d message(s) (first: %d bytes from %s); "
+                    "acknowledged so they do not come back",
+                    len(batch),
+                    len(batch[0].message.payload),
+                    batch[0].message.topic,
                 )
                 outcome_ok = False
             else:
                 outcome_ok = True
             with self._lock:
                 if outcome_ok:
-                    self._handled += 1
+                    self._handled += len(batch)
                 else:
-                    self._handler_errors += 1
-                self._ack_locked(item)
+                    self._handler_errors += len(batch)
+                for item in batch:
+                    self._ack_locked(item)
                 self._changed.notify_all()
 
     # ------------------------------------------------------------ helpers (any thread)

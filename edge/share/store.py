@@ -168,6 +168,43 @@ class AcceptResult:
 
 
 @dataclass(frozen=True)
+class Acceptance:
+    """A request that passed every check, as the intake hands it over (see ``accept``)."""
+
+    iss: str
+    jti: str
+    state: AcceptedState
+    request: Mapping[str, Any]
+    exp_ms: int
+    window_start_ms: int
+    window_end_ms: int
+    agency_name: str | None = None
+    topic: str | None = None
+    received_ms: int | None = None
+    decide_by_ms: int | None = None
+    reason: str | None = None
+
+
+def _request_json(item: Acceptance) -> str:
+    """Checks an acceptance before any write, and gives its request as stored JSON."""
+    if item.state not in ("pending", "not_matching"):
+        raise ValueError(f"a request is taken in as pending or not_matching, not {item.state!r}")
+    if (
+        not isinstance(item.iss, str)
+        or not isinstance(item.jti, str)
+        or not item.iss
+        or not item.jti
+    ):
+        raise ValueError("iss and jti must be non-empty strings")
+    if item.window_start_ms >= item.window_end_ms:
+        raise ValueError("window start must be before its end")
+    request_json = json.dumps(item.request, separators=(",", ":"), allow_nan=False)
+    if len(request_json) > MAX_REQUEST_JSON_BYTES:
+        raise ValueError("request too large to store")
+    return request_json
+
+
+@dataclass(frozen=True)
 class Rejection:
     """A message that failed a check, as the intake hands it over."""
 
@@ -477,51 +514,78 @@ class RequestStore:
         ``durable=False`` (for ``not_matching``, which a flood multiplies and which
         sends nothing) commits without fsyncing the WAL, as rejections are.
         """
-        if state not in ("pending", "not_matching"):
-            raise ValueError(f"a request is taken in as pending or not_matching, not {state!r}")
-        if not isinstance(iss, str) or not isinstance(jti, str) or not iss or not jti:
-            raise ValueError("iss and jti must be non-empty strings")
-        if window_start_ms >= window_end_ms:
-            raise ValueError("window start must be before its end")
-        request_json = json.dumps(request, separators=(",", ":"), allow_nan=False)
-        if len(request_json) > MAX_REQUEST_JSON_BYTES:
-            raise ValueError("request too large to store")
+        item = Acceptance(
+            iss=iss,
+            jti=jti,
+            state=state,
+            request=request,
+            exp_ms=exp_ms,
+            window_start_ms=window_start_ms,
+            window_end_ms=window_end_ms,
+            agency_name=agency_name,
+            topic=topic,
+            received_ms=received_ms,
+            decide_by_ms=decide_by_ms,
+            reason=reason,
+        )
+        return self.accept_many([item], durable=durable)[0]
+
+    def accept_many(
+        self, items: Sequence[Acceptance], *, durable: bool = True
+    ) -> builtins.list[AcceptResult]:
+        """``accept`` for several requests in one transaction (one fsync at most).
+
+        The same (iss, jti) twice in ``items`` is taken in once; the second is a
+        duplicate of the first, as it would be in two calls.
+        """
+        prepared = [(item, _request_json(item)) for item in items]
         now_ms = self._clock.now_ms()
-        received = now_ms if received_ms is None else int(received_ms)
-        decide_by = exp_ms if decide_by_ms is None else min(int(decide_by_ms), int(exp_ms))
+        results = []
         with self._write(durable) as db:
-            existing = db.execute(
-                "SELECT request_id FROM replay WHERE iss = ? AND jti = ?", (iss, jti)
-            ).fetchone()
-            if existing is not None:
-                return AcceptResult(int(existing[0]), duplicate=True)
-            rev = self._next_rev(db)
-            cursor = db.execute(
-                "INSERT INTO requests (state, reason, jti, iss, agency_name, topic, received_ms,"
-                " updated_ms, rev, window_start_ms, window_end_ms, exp_ms, decide_by_ms,"
-                " request_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    state,
-                    _cut(reason, 64),
-                    jti,
-                    iss,
-                    _cut(agency_name),
-                    _cut(topic),
-                    received,
-                    now_ms,
-                    rev,
-                    int(window_start_ms),
-                    int(window_end_ms),
-                    int(exp_ms),
-                    decide_by,
-                    request_json,
-                ),
-            )
-            request_id = int(cursor.lastrowid or 0)
-            db.execute(
-                "INSERT INTO replay (iss, jti, request_id, exp_ms) VALUES (?, ?, ?, ?)",
-                (iss, jti, request_id, int(exp_ms)),
-            )
+            for item, request_json in prepared:
+                results.append(self._accept_in(db, item, request_json, now_ms))
+        return results
+
+    def _accept_in(
+        self, db: sqlite3.Connection, item: Acceptance, request_json: str, now_ms: int
+    ) -> AcceptResult:
+        existing = db.execute(
+            "SELECT request_id FROM replay WHERE iss = ? AND jti = ?", (item.iss, item.jti)
+        ).fetchone()
+        if existing is not None:
+            return AcceptResult(int(existing[0]), duplicate=True)
+        received = now_ms if item.received_ms is None else int(item.received_ms)
+        decide_by = (
+            item.exp_ms
+            if item.decide_by_ms is None
+            else min(int(item.decide_by_ms), int(item.exp_ms))
+        )
+        cursor = db.execute(
+            "INSERT INTO requests (state, reason, jti, iss, agency_name, topic, received_ms,"
+            " updated_ms, rev, window_start_ms, window_end_ms, exp_ms, decide_by_ms,"
+            " request_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                item.state,
+                _cut(item.reason, 64),
+                item.jti,
+                item.iss,
+                _cut(item.agency_name),
+                _cut(item.topic),
+                received,
+                now_ms,
+                self._next_rev(db),
+                int(item.window_start_ms),
+                int(item.window_end_ms),
+                int(item.exp_ms),
+                decide_by,
+                request_json,
+            ),
+        )
+        request_id = int(cursor.lastrowid or 0)
+        db.execute(
+            "INSERT INTO replay (iss, jti, request_id, exp_ms) VALUES (?, ?, ?, ?)",
+            (item.iss, item.jti, request_id, int(item.exp_ms)),
+        )
         return AcceptResult(request_id, duplicate=False)
 
     def seen(self, iss: str, jti: str) -> bool:
