@@ -399,12 +399,15 @@ def _judge_camera(port: int, queue_size: int, data_dir: Path, quiet_s: float) ->
     not_matching_s: dict[str, float] = {}  # jti -> monotonic time stored as not_matching
     outcomes: dict[str, int] = {}
 
-    def handle(message: IncomingMessage) -> None:
-        outcome = intake.handle(message.topic, message.payload)  # as sharing.py's handler
-        # The bench's own note, after the daemon's work: one dict entry.
-        outcomes[outcome.state] = outcomes.get(outcome.state, 0) + 1
-        if outcome.state == "not_matching":
-            not_matching_s[outcome.verdict.request.jti] = time.monotonic()  # type: ignore[union-attr]
+    def handle(messages: list[IncomingMessage]) -> None:
+        # As sharing.py's handler: what has queued, judged and stored in one go.
+        batch_outcomes = intake.handle_batch([(m.topic, m.payload) for m in messages])
+        stored_s = time.monotonic()
+        # The bench's own note, after the daemon's work: one dict entry each.
+        for outcome in batch_outcomes:
+            outcomes[outcome.state] = outcomes.get(outcome.state, 0) + 1
+            if outcome.state == "not_matching":
+                not_matching_s[outcome.verdict.request.jti] = stored_s  # type: ignore[union-attr]
 
     mqtt_config = config.mqtt
     listener = RequestListener(
@@ -414,7 +417,7 @@ def _judge_camera(port: int, queue_size: int, data_dir: Path, quiet_s: float) ->
         topics=subscription_topics(
             location.lat, location.lon, mqtt_config.geohash_precision, mqtt_config.topic_prefix
         ),
-        handler=handle,
+        batch_handler=handle,
         queue_size=queue_size,
     )
     listener.start()
