@@ -152,14 +152,28 @@ def drop_privileges_to_owner_of(data_dir: Path) -> None:
     os.environ["HOME"] = user.pw_dir
 
 
+class _JournalPriority(logging.Filter):
+    """Adds the syslog priority journald reads from a "<N>" line prefix (sd-daemon(3))."""
+
+    _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.priority = self._PRIORITIES.get(record.levelno, 2)
+        return True
+
+
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        if sys.stderr.isatty()
-        else "%(levelname)s %(name)s: %(message)s",  # journald adds the time
-        stream=sys.stderr,
-    )
+    """One line per event: on a terminal with the time, under systemd with the priority
+    journald files it under (journald adds the time), elsewhere with the level."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.addFilter(_JournalPriority())
+        handler.setFormatter(logging.Formatter("<%(priority)d>%(name)s: %(message)s"))
+    elif sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
 
 
 def _load(args: argparse.Namespace) -> Config:
