@@ -152,13 +152,14 @@ def drop_privileges_to_owner_of(data_dir: Path) -> None:
     os.environ["HOME"] = user.pw_dir
 
 
+_JOURNAL_PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
+
+
 class _JournalPriority(logging.Filter):
     """Adds the syslog priority journald reads from a "<N>" line prefix (sd-daemon(3))."""
 
-    _PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3}
-
     def filter(self, record: logging.LogRecord) -> bool:
-        record.priority = self._PRIORITIES.get(record.levelno, 2)
+        record.priority = _JOURNAL_PRIORITIES.get(record.levelno, 2)
         return True
 
 
