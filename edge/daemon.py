@@ -7,6 +7,7 @@ prompts, the review page, delivery) is added when the config enables it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -148,6 +149,7 @@ class Daemon:
     sharing: Sharing | None = None
     stop_event: threading.Event = field(default_factory=threading.Event)
     notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
+    status_write_failing: bool = field(default=False, init=False)  # said once per streak
 
     @classmethod
     def build(cls, config: Config, clock: Clock | None = None) -> Daemon:
@@ -204,10 +206,28 @@ class Daemon:
         return "; ".join(parts)
 
     def _write_status(self) -> None:
+        """Writes the status file `edge status` reads. A full disk (another process may
+        take the space the ring keeps free) must not stop recording: the write is
+        skipped, said once, and tried again on the next tick."""
         path = self.config.device.data_dir / STATUS_FILE
         temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(self.status()))
-        os.replace(temporary, path)
+        try:
+            temporary.write_text(json.dumps(self.status()))
+            os.replace(temporary, path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink(missing_ok=True)
+            if not self.status_write_failing:
+                log.warning(
+                    "cannot write %s (%s); `edge status` shows older figures until it can",
+                    path,
+                    exc.strerror or exc,
+                )
+            self.status_write_failing = True
+            return
+        if self.status_write_failing:
+            log.info("status file written again")
+        self.status_write_failing = False
 
     def run(self, duration_s: float | None = None) -> int:
         try:
