@@ -207,12 +207,6 @@ def test_camera_vanishes_and_comes_back(outage: Outage) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a camera outage does not end the segment in progress: the frames after the "
-    "camera returns go into the same segment, which then spans the outage, so `edge "
-    "status` shows no gap (edge/capture + edge/buffer/segmenter; see the issue 7 report)",
-)
 def test_status_shows_the_camera_gap(outage: Outage) -> None:
     buffer = outage.status["buffer"]
     assert isinstance(buffer, dict)

@@ -20,8 +20,9 @@ A library-level test (ManualClock, synchronised) adds what the daemon here canno
 show because this machine's clock is not NTP-synchronised: a step back never
 makes the age limit evict newer footage.
 
-Two expectations are xfail until edge/capture and edge/buffer handle a step:
-footage must not be reordered in an export, and no segment may straddle a step.
+Footage is not reordered in an export (clips follow recording order), and no
+segment straddles a step (a break in the labels ends the segment at a key frame
+the encoder forces there).
 """
 
 from __future__ import annotations
@@ -261,12 +262,6 @@ def test_each_stretch_exports_by_its_window(jumps: Jumps) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="a step of the clock does not end the segment in progress: the segment then "
-    "holds frames labelled on both sides of the step (hours apart) and its row claims "
-    "all the time between (edge/capture + edge/buffer/segmenter; see the issue 7 report)",
-)
 def test_no_segment_straddles_a_step(jumps: Jumps) -> None:
     assert max(jumps.spans_ms) < 2_000, sorted(jumps.spans_ms)[-3:]
     for index, epoch in enumerate(jumps.epochs):
@@ -277,12 +272,6 @@ def test_no_segment_straddles_a_step(jumps: Jumps) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="an export orders segments by their time labels, so after a small step back "
-    "onto labels already used it interleaves footage from before and after the step "
-    "(edge/buffer/clip, edge/buffer/index; see the issue 7 report)",
-)
 def test_an_export_keeps_capture_order_across_a_small_step_back(jumps: Jumps) -> None:
     index = next(i for i, e in enumerate(jumps.epochs) if e.offset_s == HOUR_S - 3)
     sequences = [f.sequence for f in jumps.exports[index]]

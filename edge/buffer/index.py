@@ -171,11 +171,16 @@ class SegmentIndex:
     # -- reads ---------------------------------------------------------------
 
     def overlapping(self, start_ms: int, end_ms: int) -> list[SegmentRecord]:
-        """Segments with any frame in [start_ms, end_ms], by time; an index range scan only."""
+        """Segments with any frame in [start_ms, end_ms], in the order they were recorded.
+
+        An index range scan on time only. Recording order, not label order: after
+        the wall clock is stepped back, later footage carries earlier labels, and
+        a clip must still play it after what came before.
+        """
         rows = self._db.execute(
             f"SELECT {_RECORD_COLUMNS} FROM segments"
             " WHERE first_frame_ms BETWEEN ? AND ? AND last_frame_ms >= ?"
-            " ORDER BY first_frame_ms, id",
+            " ORDER BY id",
             (start_ms - self._max_span_ms, end_ms, start_ms),
         )
         return [_record(row) for row in rows]

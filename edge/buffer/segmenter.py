@@ -25,7 +25,7 @@ import av
 
 from edge.buffer.segment import Segment, SegmentMeta, SegmentSink
 from edge.capture import h264
-from edge.capture.types import EncodedPacket, VideoFormat
+from edge.capture.types import EncodedPacket, VideoFormat, is_discontinuity
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class Segmenter:
         self._sequence = 0
         self._closed = False
         self.packets_skipped = 0  # before the first usable key frame
+        self._break_seen = False  # labels broke (outage, clock step) since the last key frame
 
     @property
     def segments_emitted(self) -> int:
@@ -137,7 +138,14 @@ class Segmenter:
         )
         if self._held is not None:
             self._mux_held(duration=dts - self._held.dts)
+            if is_discontinuity(
+                self._held.capture_time_ms, held.capture_time_ms, held.video_format.fps
+            ):
+                # An outage or a clock step: the segment ends at the next key frame
+                # (at once, for frames we encode: the encoder forces one here).
+                self._break_seen = True
         if self._starts_segment(held):
+            self._break_seen = False
             self._finish_segment()
             self._segment = _OpenSegment(held.video_format, held.dts)
         self._held = held
@@ -173,7 +181,7 @@ class Segmenter:
         if not held.is_keyframe:
             return False
         segment = self._segment
-        if segment is None or held.video_format != segment.video_format:
+        if segment is None or held.video_format != segment.video_format or self._break_seen:
             return True
         half_frame = round(1 / (2 * held.video_format.fps * TIME_BASE))
         return held.dts - segment.start_dts >= self._target - half_frame

@@ -17,7 +17,7 @@ from typing import Literal
 
 import av
 
-from edge.capture.types import EncodedPacket, RawFrame, VideoFormat
+from edge.capture.types import EncodedPacket, RawFrame, VideoFormat, is_discontinuity
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class PyAVEncoder:
         self._time_base = Fraction(1) / video_format.fps
         self._keyframe_interval = keyframe_interval_frames
         self._next_keyframe_sequence = 0
+        self._last_capture_ms: int | None = None  # label of the frame before
         # Capture time and clock state by frame sequence (= pts), until its packet comes out.
         self._pending: dict[int, tuple[int, bool]] = {}
 
@@ -56,7 +57,16 @@ class PyAVEncoder:
         video_frame = av.VideoFrame.from_numpy_buffer(frame.data, format="yuv420p")
         video_frame.pts = frame.sequence
         video_frame.time_base = self._time_base
-        if frame.sequence >= self._next_keyframe_sequence:
+        broken = self._last_capture_ms is not None and is_discontinuity(
+            self._last_capture_ms, frame.capture_time_ms, self._format.fps
+        )
+        self._last_capture_ms = frame.capture_time_ms
+        if broken:
+            # The segmenter starts a new segment after a break; it needs a key frame
+            # here, and the next boundary a whole interval on.
+            video_frame.pict_type = av.video.frame.PictureType.I
+            self._next_keyframe_sequence = frame.sequence + self._keyframe_interval
+        elif frame.sequence >= self._next_keyframe_sequence:
             video_frame.pict_type = av.video.frame.PictureType.I
             interval = self._keyframe_interval
             self._next_keyframe_sequence = (frame.sequence // interval + 1) * interval

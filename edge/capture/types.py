@@ -72,6 +72,20 @@ class RawFrame:
         )
 
 
+DISCONTINUITY_MS = 500  # labels this much off one frame interval: an outage or a clock step
+
+
+def is_discontinuity(previous_ms: int, current_ms: int, fps: Fraction) -> bool:
+    """Whether two consecutive frames' labels are not one frame interval apart.
+
+    A camera that went away and came back, or a wall clock that was stepped,
+    breaks the run of labels; a segment must not straddle such a break (its
+    row would claim all the time in between, or overlap footage already kept).
+    """
+    expected_ms = 1000 / fps
+    return abs((current_ms - previous_ms) - expected_ms) > DISCONTINUITY_MS
+
+
 def new_i420(width: int, height: int) -> np.ndarray:
     """An uninitialised I420 buffer in the RawFrame layout."""
     return np.empty((height * 3 // 2, width), dtype=np.uint8)
