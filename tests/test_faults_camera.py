@@ -12,8 +12,8 @@ Proves: the daemon logs the loss, keeps running, reconnects by itself and
 records again; it told systemd READY=1 once and WATCHDOG=1 only while frames
 arrived, none while the camera was gone (so a camera that stays gone gets the
 service restarted); it stops cleanly afterwards and the footage after the gap
-exports and decodes. `edge status` should show the gap in the footage: it does
-not yet (see ``test_status_shows_the_camera_gap``).
+exports and decodes; `edge status` shows the gap in the footage, and no segment
+claims the time the camera was away.
 
 The outage is played once (a module fixture) and both tests read what happened.
 """
