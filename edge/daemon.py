@@ -274,9 +274,12 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        # Recording first: the segment in progress is closed and stored before
+        # anything on the network side can make the stop slow (systemd's
+        # TimeoutStopSec ends in SIGKILL, which would lose that segment).
+        self.recorder.stop()
         if self.sharing is not None:
             self.sharing.stop()
-        self.recorder.stop()
         self.ring.close()
         stats = self.recorder.stats
         log.info(

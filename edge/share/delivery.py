@@ -41,6 +41,7 @@ from edge.share.upload import (
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
+STOP_WAIT_S = 5.0  # how long a stop waits for an upload to notice it
 
 
 class DeliveryError(Exception):
@@ -74,7 +75,10 @@ class DeliveryWorker:
         self._upload = upload  # tests pass upload_delivery with a test CA bound in
         self._stop_event = threading.Event()
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="edge-delivery")
+        # A daemon thread: an upload blocked on a silent server (up to its socket
+        # timeout) must not hold up the process's exit; its state is on disk and it
+        # resumes from the server's offset on the next start.
+        self._thread = threading.Thread(target=self._run, name="edge-delivery", daemon=True)
         self.active_request: int | None = None  # read by the status line
 
     def start(self) -> None:
@@ -84,7 +88,9 @@ class DeliveryWorker:
         self._stop_event.set()
         self._wake.set()
         if self._thread.is_alive():
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=STOP_WAIT_S)
+            if self._thread.is_alive():
+                log.info("an upload is still waiting on the server; it resumes on the next start")
 
     def wake(self, _request_id: int | None = None) -> None:
         self._wake.set()
