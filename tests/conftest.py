@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from broker import MosquittoBroker
+from uploadservers import TusServer, require_tus_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The spec and its vectors live beside the checkout (CI lays shared/ there too).
@@ -50,3 +53,22 @@ def run_edge(
         cwd=REPO_ROOT,
         check=False,
     )
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
+    """A real mosquitto on a free port, for this test alone."""
+    with MosquittoBroker(tmp_path / "broker") as running:
+        yield running
+
+
+@pytest.fixture
+def tus(tmp_path: Path) -> Iterator[TusServer]:
+    """The tus project's own server (Node.js) on a free port, storing under tmp_path."""
+    require_tus_server()
+    server = TusServer(tmp_path / "uploads")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -22,7 +22,7 @@ from edge.share.geohash import encode, request_topic
 from edge.share.verify import Location
 from edge.units import parse_rfc3339_ms
 from signing import PLATFORM_KEY, make_payload, public_b64, rfc3339
-from uploadservers import TusServer, require_tus_server
+from uploadservers import TusServer
 from videotools import decode
 
 LAT, LON = 47.6062, -122.3321
@@ -38,23 +38,6 @@ def wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
-        yield running
-
-
-@pytest.fixture
-def tus(tmp_path: Path) -> Iterator[TusServer]:
-    require_tus_server()
-    server = TusServer(tmp_path / "uploads")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

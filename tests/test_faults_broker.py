@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,6 @@ from faults import Camera, TcpLink, publish_request, request_payload, running_ca
 
 OUTAGE_S = float(os.environ.get("EDGE_FAULT_BROKER_OUTAGE_S", "12"))
 BUDGET_S = 60.0 + 2 * OUTAGE_S
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
-        yield running
 
 
 @pytest.mark.slow

@@ -59,12 +59,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
-        yield running
-
-
 def fill(path: Path, limit_bytes: int | None = None) -> int:
     """Writes a file until the disk refuses (or ``limit_bytes``); returns its size."""
     written = 0

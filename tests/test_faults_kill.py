@@ -39,7 +39,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,7 +60,7 @@ from faults import (
     tus_metadata,
     wait_until,
 )
-from uploadservers import TusServer, require_tus_server
+from uploadservers import TusServer
 from videotools import decode
 
 SEED = int(os.environ.get("EDGE_FAULT_SEED", "20261129"))
@@ -73,23 +72,6 @@ MOMENTS = ("startup", "record", "request", "decision", "upload")
 MOMENT_WEIGHTS = (2, 1, 2, 3, 5)
 INTENTS = ("approve", "deny", "leave")
 INTENT_WEIGHTS = (3, 2, 1)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
-        yield running
-
-
-@pytest.fixture
-def tus(tmp_path: Path) -> Iterator[TusServer]:
-    require_tus_server()
-    server = TusServer(tmp_path / "uploads")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 class Story:

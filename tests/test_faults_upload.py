@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,26 +31,9 @@ from faults import (
     tus_metadata,
     wait_until,
 )
-from uploadservers import TusServer, require_tus_server
+from uploadservers import TusServer
 
 BUDGET_S = 90.0
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
-        yield running
-
-
-@pytest.fixture
-def tus(tmp_path: Path) -> Iterator[TusServer]:
-    require_tus_server()
-    server = TusServer(tmp_path / "uploads")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def approved_request(camera: Camera, broker: MosquittoBroker, upload_url: str) -> int:

@@ -147,12 +147,6 @@ class Spy:
         self._client.loop_stop()
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[MosquittoBroker]:
-    with MosquittoBroker(tmp_path / "broker") as running:
-        yield running
-
-
 # ---------------------------------------------------------------- topics
 
 
