@@ -342,3 +342,59 @@ def test_https_to_an_untrusted_or_misnamed_server_sends_nothing(
 def _read_all(file: UploadFile) -> bytes:
     with file.open_at(0) as stream:
         return stream.read()
+
+
+def test_stop_ends_an_upload_stuck_on_a_silent_server_at_once() -> None:
+    """A server that accepts the connection and never answers (a hung agency) must
+    not hold the daemon's stop for the socket's whole timeout."""
+    import socket
+    import time
+
+    from edge.share.upload import UploadFile, UploadStopped, upload_delivery
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    accepted = threading.Event()
+    held: list[socket.socket] = []
+
+    def accept_and_say_nothing() -> None:
+        connection, _ = listener.accept()
+        held.append(connection)
+        accepted.set()
+
+    threading.Thread(target=accept_and_say_nothing, daemon=True).start()
+    stop = threading.Event()
+    outcome: list[BaseException] = []
+
+    def upload() -> None:
+        try:
+            upload_delivery(
+                f"http://127.0.0.1:{port}/in/",
+                "put",
+                [UploadFile.from_bytes("clip.mp4", b"x" * 1000)],
+                request_id="r",
+                allowed_hosts=["127.0.0.1"],
+                allow_insecure_localhost=True,
+                state={},
+                stop_event=stop,
+            )
+        except BaseException as error:  # handed to the test thread
+            outcome.append(error)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        assert accepted.wait(10)
+        stopped_at = time.monotonic()
+        stop.set()
+        uploader.join(timeout=10)
+        assert not uploader.is_alive()
+        assert time.monotonic() - stopped_at < 5  # the socket timeout is 30 s
+        assert len(outcome) == 1 and isinstance(outcome[0], UploadStopped)
+    finally:
+        stop.set()
+        for connection in held:
+            connection.close()
+        listener.close()

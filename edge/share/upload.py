@@ -45,6 +45,7 @@ import logging
 import os
 import random
 import re
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
@@ -413,14 +414,37 @@ def upload_delivery(
         ssl_context=ssl_context or _default_ssl_context(),
     )
     deadline = _Deadline(expires_at_ms, clock or SystemClock())
-    for file in files:
-        if state.get(file.name) == _DONE:
-            log.info("%s was already delivered; skipping it", file.name)
-            continue
-        upload_one = session.upload_tus if protocol == "tus" else session.upload_put
-        _with_retries(file, upload_one, session, deadline)
-        state[file.name] = _DONE
-        log.info("uploaded %s (%d bytes) by %s", file.name, file.size, protocol)
+    finished = threading.Event()
+    # A server that accepts and then says nothing would hold a stop for the whole
+    # socket timeout: on stop, a watcher shuts the open connection's socket, which
+    # ends the blocked read at once (the upload then stops as from a backoff wait).
+    watcher = threading.Thread(
+        target=_abort_on_stop, args=(session, finished), name="edge-upload-stop", daemon=True
+    )
+    watcher.start()
+    try:
+        for file in files:
+            if state.get(file.name) == _DONE:
+                log.info("%s was already delivered; skipping it", file.name)
+                continue
+            upload_one = session.upload_tus if protocol == "tus" else session.upload_put
+            _with_retries(file, upload_one, session, deadline)
+            state[file.name] = _DONE
+            log.info("uploaded %s (%d bytes) by %s", file.name, file.size, protocol)
+    finally:
+        finished.set()
+
+
+_STOP_POLL_S = 0.25
+
+
+def _abort_on_stop(session: _Session, finished: threading.Event) -> None:
+    # Waits on the upload's own event, looking at the stop event between waits:
+    # threading offers no wait on either of two events.
+    while not finished.wait(_STOP_POLL_S):
+        if session.stop_event.is_set():
+            session.abort()
+            return
 
 
 _DONE = "done"
@@ -742,6 +766,16 @@ class _Session:
             )
         self._connection, self._connection_origin = connection, origin
         return connection
+
+    def abort(self) -> None:
+        """From another thread: ends a blocked send or receive on the open connection."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: nothing is blocked on it
 
     def _close(self) -> None:
         if self._connection is not None:
