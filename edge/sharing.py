@@ -15,6 +15,7 @@ from typing import Any
 from edge.buffer.ring import Ring
 from edge.clock import Clock
 from edge.config import Config
+from edge.daemon import verifier_inputs
 from edge.keys import load_signing_key
 from edge.share.audit import AuditLog
 from edge.share.consent import ConsentService, ConsentSettings
@@ -29,7 +30,6 @@ from edge.share.prompt import system_time_zone_name
 from edge.share.review import ReviewServer
 from edge.share.store import RequestStore
 from edge.share.tokens import TokenStore
-from edge.share.verify import Location, Policy, Trust
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,10 @@ class Sharing:
 
     @classmethod
     def build(cls, config: Config, ring: Ring, clock: Clock) -> Sharing:
-        assert config.device.latitude is not None and config.device.longitude is not None
+        trust, policy, known_location = verifier_inputs(config)
+        assert known_location is not None  # sharing_disabled_reason checked it
+        location = known_location
         data_dir = config.device.data_dir
-        location = Location(lat=config.device.latitude, lon=config.device.longitude)
-        policy = Policy(
-            max_window_s=config.policy.max_window_s,
-            max_radius_m=config.policy.max_radius_m,
-            allow_insecure_localhost=config.upload.allow_insecure_localhost,
-        )
         time_zone = config.device.timezone or system_time_zone_name()
         exclude_unsynced = config.policy.unsynced_footage == "exclude"
         footage = RingFootage(ring)
@@ -151,7 +147,7 @@ class Sharing:
         )
         intake = Intake(
             IntakeSettings(
-                trust=Trust(config.trust.platform_keys),
+                trust=trust,
                 policy=policy,
                 location=location,
                 decision_timeout_s=config.policy.decision_timeout_s,
