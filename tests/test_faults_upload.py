@@ -136,7 +136,12 @@ def test_upload_server_down_then_failing_then_back(
             assert "retrying in" in log  # the backoff is logged, not a traceback
             assert "Traceback" not in log
             check_delivered_once(tus, request_record(camera, request_id))
-            assert camera.status()["daemon"]["parts"].get("upload") is None
+            # The status file is rewritten every 2 s: wait for the one after delivery.
+            wait_until(
+                lambda: camera.status()["daemon"]["parts"].get("upload") is None,
+                10,
+                "the status to stop showing the upload",
+            )
             assert camera.stop() == 0
             camera.audit_verify()
     finally:
