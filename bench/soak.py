@@ -16,15 +16,18 @@ The baseline is the daemon itself, early in the same run: its resident set
 (/proc/PID/status VmRSS) and open file descriptors (/proc/PID/fd) once the first
 approved request has been delivered (clip building, sealing, uploading and
 SQLite have all been through once: steady state), against the same at the end.
-Also printed: the figures right after start, and the highest seen (sampled every
-5 s). Targets: growth within 10 %, no frame dropped, no request lost (every
-published request is in the store, every approved one delivered exactly once,
-every denied one sent nothing). Exit status 1 when a target is missed.
+Also printed: the figures right after start, the highest seen (sampled every
+5 s), and the frames dropped in each minute (from the daemon's status file), to
+tell a steady shortfall from a moment of contention. Targets: growth within
+10 %, no frame dropped, no request lost (every published request is in the
+store, every approved one delivered exactly once, every denied one sent nothing).
+Exit status 1 when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import shutil
 import sys
@@ -58,6 +61,7 @@ SAMPLE_EVERY_S = 5.0
 class Figures:
     rss_kib: int
     fds: int
+    frames_dropped: int = 0  # the daemon's own count so far (status.json), for when drops happen
 
     def __str__(self) -> str:
         return f"RSS {self.rss_kib / 1024:7.1f} MiB, {self.fds:3d} open files"
@@ -73,7 +77,9 @@ class Soak:
     samples: list[Figures] = field(default_factory=list)
 
     def figures(self) -> Figures:
-        return Figures(*process_figures(self.camera.pid))
+        status = self.camera.daemon_status() or {}
+        dropped = int(status.get("camera", {}).get("frames_dropped", 0))
+        return Figures(*process_figures(self.camera.pid), frames_dropped=dropped)
 
     def request(self) -> None:
         """Publishes one request, waits until it is pending, decides it as the owner."""
@@ -201,6 +207,8 @@ def main() -> int:
     print(f"highest sampled:  {peak}")
     per_minute = soak.samples[:: max(1, round(60 / SAMPLE_EVERY_S))]
     print("RSS each minute:  " + " ".join(f"{s.rss_kib / 1024:.1f}" for s in per_minute) + " MiB")
+    drops = [b.frames_dropped - a.frames_dropped for a, b in itertools.pairwise(per_minute)]
+    print("frames dropped each minute: " + " ".join(str(d) for d in drops))
     print(f"growth end/baseline: RSS {rss_ratio:.3f}x, open files {fd_ratio:.3f}x "
           f"(target <= {GROWTH_LIMIT:.2f}x)")
     print(
