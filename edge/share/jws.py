@@ -83,11 +83,15 @@ def b64url_decode(text: str) -> bytes:
 
 
 def _pairs_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise IJsonError(f"duplicate member name {name[:40]!r}")
-        result[name] = value
+    # dict() and len() run in C: a member name given twice makes the dict shorter.
+    # Only then is the list walked, to name the first name seen again.
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise IJsonError(f"duplicate member name {name[:40]!r}")
+            seen.add(name)
     return result
 
 
@@ -129,6 +133,17 @@ def _check_tree(value: Any, max_depth: int, *, strings: bool) -> None:
             raise IJsonError("lone surrogate in a string")
 
 
+# One decoder for every call: json.loads() with hooks would build a decoder and
+# its scanner anew each time (the json module shares its own default decoder
+# between threads the same way; the scanner keeps no state between calls).
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_pairs_without_duplicates,
+    parse_constant=_reject_constant,
+    parse_float=_finite_float,
+    parse_int=_bounded_int,
+)
+
+
 def loads_ijson(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parses an I-JSON text: UTF-8 (no BOM), no duplicate member names, no
     NaN/Infinity, no number beyond a double, no lone surrogates (escaped ones
@@ -139,13 +154,9 @@ def loads_ijson(data: bytes, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     except UnicodeDecodeError as exc:
         raise IJsonError("not UTF-8") from exc
     try:
-        value = json.loads(
-            text,
-            object_pairs_hook=_pairs_without_duplicates,
-            parse_constant=_reject_constant,
-            parse_float=_finite_float,
-            parse_int=_bounded_int,
-        )
+        if text.startswith("\ufeff"):  # as json.loads() says it (the decoder would not)
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = _DECODER.decode(text)
     except IJsonError:
         raise
     except RecursionError as exc:  # nesting far past max_depth: json's C scanner gives up
