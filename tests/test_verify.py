@@ -24,6 +24,7 @@ from edge.share.verify import (
     check_exit_status,
     check_request,
     check_result,
+    forget_certificates,
     parse_rfc3339,
     render_check,
 )
@@ -1013,3 +1014,73 @@ def test_remembered_certificates_never_change_an_answer() -> None:
     assert outcome(payload, trust=trust_for(ROGUE_KEY)) == "bad_cert"  # ...for this trust only
     assert outcome(payload, now_s=NOW_S + 366 * 86_400) == "cert_expired"  # time is judged anew
     assert outcome(payload) == "accepted"
+
+
+def test_a_remembered_certificate_leaves_the_request_checks_in_spec_order() -> None:
+    cert = make_cert()
+    assert outcome(payload_of(cert, make_request())) == "accepted"  # remembered from here on
+    bad_header = sign_text('{"alg":"none","typ":"assist-request+jwt"}', "{}", AGENCY_KEY)
+    assert outcome(payload_of(cert, bad_header)) == "bad_alg"
+    assert outcome(payload_of(cert, make_request(ROGUE_KEY))) == "bad_signature"
+    assert outcome(payload_of(cert, make_request(request_overrides={"iss": "other"}))) == (
+        "bad_request"
+    )
+    assert outcome(payload_of(cert, make_request())) == "accepted"
+
+
+def test_another_certificate_is_never_answered_from_the_memory() -> None:
+    cert = make_cert()
+    assert outcome(payload_of(cert, make_request())) == "accepted"
+    # The same agency and key, certified for somewhere else: its own jurisdiction counts.
+    elsewhere = make_cert(cert_overrides={"jurisdiction": box(LAT + 5, LON, 0.5)})
+    assert outcome(payload_of(elsewhere, make_request())) == "outside_jurisdiction"
+    # The same claims signed by a key nobody trusts: a different token, checked in full.
+    assert outcome(payload_of(make_cert(ROGUE_KEY), make_request())) == "bad_cert"
+    # The remembered token with its signature part cut: no longer the same token.
+    header, claims, _signature = cert.split(".")
+    assert outcome(payload_of(f"{header}.{claims}.", make_request())) == "bad_cert"
+    assert outcome(payload_of(f"{header}.{claims}", make_request())) == "bad_alg"
+
+
+def test_a_failed_certificate_is_not_remembered_and_a_changed_trust_is_a_new_key() -> None:
+    forget_certificates()
+    cert = make_cert()
+    assert outcome(payload_of(cert, make_request()), trust=trust_for(ROGUE_KEY)) == "bad_cert"
+    assert outcome(payload_of(cert, make_request())) == "accepted"
+    # Trust reloaded with other keys (a config change): the certificate is checked again.
+    assert outcome(payload_of(cert, make_request()), trust=trust_for(ROGUE_KEY)) == "bad_cert"
+    both = trust_for(ROGUE_KEY, PLATFORM_KEY)
+    assert outcome(payload_of(cert, make_request()), trust=both) == "accepted"
+    assert outcome(payload_of(cert, make_request()), trust=trust_for(ROGUE_KEY)) == "bad_cert"
+
+
+def test_the_certificate_memory_is_bounded_and_keeps_answering() -> None:
+    from edge.share import verify
+
+    forget_certificates()
+    certs = [make_cert(cert_overrides={"name": f"Agency {i}"}) for i in range(20)]
+    for _ in range(2):
+        for cert in certs:
+            assert outcome(payload_of(cert, make_request())) == "accepted"
+    assert len(verify._CERTS._certs) == 16  # private, but the bound is the point here
+
+
+def test_window_limits_stay_exact_with_fractional_seconds_and_float_policies() -> None:
+    end = NOW_S - 600
+
+    def window(length_s: float) -> bytes:
+        return request(window={"start": rfc3339(end - length_s), "end": rfc3339(end)})
+
+    policy = Policy(max_window_s=3600.5)
+    assert outcome(window(3600.5), policy=policy) == "accepted"
+    assert outcome(window(3600.501), policy=policy) == "window_too_long"
+    iat = int(NOW_S) - 30  # 11:59:30Z
+    # The float 0.1 is 0.1000000000000000055511151231257827...: compared exactly.
+    for end_text, expected in (("11:59:30.1Z", "accepted"),
+                               ("11:59:30.1000000000000000055Z", "accepted"),
+                               ("11:59:30.1000000000000000056Z", "future_window")):
+        payload = request(iat=iat, window={"start": "2026-11-30T11:50:00Z",
+                                           "end": f"2026-11-30T{end_text}"})
+        assert outcome(payload, policy=Policy(skew_s=0.1)) == expected, end_text
+    assert parse_rfc3339("2026-11-30T12:00:00Z") == 1_796_040_000
+    assert parse_rfc3339("2026-11-30T12:00:00.100Z") * 10 == 17_960_400_001

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import ipaddress
 import json
 import math
 import re
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -287,8 +287,11 @@ def _check(
         if not isinstance(outer.get(member), str):
             raise _Reject("bad_payload", f"{member} missing or not a string")
 
-    # bad_alg: both headers before any signature
-    _parse_jws(outer["cert"], CERT_TYP, "cert")  # parsed again, remembered, in _verified_cert
+    # bad_alg: both headers before any signature. A remembered certificate passed
+    # its header checks (and every bad_cert check) before: only the request's are left.
+    cert_token = outer["cert"]
+    cert = _CERTS.get(cert_token, trust)
+    cert_jws = _parse_jws(cert_token, CERT_TYP, "cert") if cert is None else None
     request_jws = _parse_jws(outer["request"], REQUEST_TYP, "request")
     request_claims = _claims_or_error(request_jws)
     if isinstance(request_claims, dict):  # for the audit log, before anything is proven
@@ -297,7 +300,10 @@ def _check(
         claimed["jti"] = jti if _is_uuid(jti) else None
 
     # bad_cert, cert_expired
-    cert = _verified_cert(outer["cert"], trust)
+    if cert is None:
+        assert cert_jws is not None
+        cert = _check_cert(cert_jws, trust)  # raises for a bad one: failures are not remembered
+        _CERTS.put(cert_token, trust, cert)
     if cert.exp <= now_s:
         raise _Reject("cert_expired", f"certificate exp {_show(cert.exp)} <= now {now_s}")
     if cert.iat > now_s + policy.skew_s:
@@ -318,16 +324,16 @@ def _check(
         raise _Reject("expired", f"exp {_show(exp)} <= now {now_s}")
     if iat > now_s + policy.skew_s:
         raise _Reject("expired", f"iat {_show(iat)} is in the future")
-    if Fraction(exp) - Fraction(iat) > MAX_REQUEST_LIFETIME_S:
+    if _exact(exp) - _exact(iat) > MAX_REQUEST_LIFETIME_S:
         raise _Reject("expired", "exp - iat is over 30 days")
 
     # bad_window, window_too_long, future_window
     start_text, end_text, start, end = _check_window(request_claims.get("window"))
-    if end - start > Fraction(policy.max_window_s):
+    if end - start > _exact(policy.max_window_s):
         raise _Reject(
             "window_too_long", f"window of {float(end - start)} s, over {policy.max_window_s}"
         )
-    if end > Fraction(iat) + Fraction(policy.skew_s):
+    if end > _exact(iat) + _exact(policy.skew_s):
         raise _Reject("future_window", "window ends after the request was posted")
 
     # bad_area, area_too_large, outside_jurisdiction
@@ -393,19 +399,51 @@ def _claims_or_error(jws: CompactJws) -> dict[str, Any] | IJsonError:
 # --- certificate -------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=16)
-def _verified_cert(token: str, trust: Trust) -> _Cert:
-    """``_check_cert`` remembered for the last few certificates that passed: an
-    agency's certificate comes with every one of its requests, and this saves
-    a signature check and a jurisdiction parse each time. Keyed on the exact
-    token and trust, so it answers exactly as the check would (time is checked
-    outside); failures raise and are not remembered."""
-    return _check_cert(parse_compact(token, typ=CERT_TYP), trust)
+class _CertMemory:
+    """The last few certificates that passed every certificate check, by exact
+    token and trust.
+
+    An agency's certificate comes with every one of its requests; remembering
+    it saves, per request, parsing the certificate (its header, for ``bad_alg``,
+    and its claims with the jurisdiction) and the platform's signature check.
+    Those checks depend on nothing but the token and the trust (its times are
+    checked outside, on every request), so a remembered token would pass them
+    all again: skipping them gives every message the same reason. A changed
+    trust is another key; failures are never remembered.
+
+    Threads: any (the intake's worker, a CLI check); ``_lock`` guards ``_certs``.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._certs: dict[tuple[str, Trust], _Cert] = {}  # oldest use first
+
+    def get(self, token: str, trust: Trust) -> _Cert | None:
+        key = (token, trust)
+        with self._lock:
+            cert = self._certs.pop(key, None)
+            if cert is not None:
+                self._certs[key] = cert  # now the most recently used
+            return cert
+
+    def put(self, token: str, trust: Trust, cert: _Cert) -> None:
+        with self._lock:
+            self._certs[(token, trust)] = cert
+            while len(self._certs) > self._size:
+                del self._certs[next(iter(self._certs))]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._certs.clear()
+
+
+_CERTS = _CertMemory(16)  # agencies heard at once; a miss costs only a full check
 
 
 def forget_certificates() -> None:
     """Empties the memory of verified certificates (benchmarks of the cold path)."""
-    _verified_cert.cache_clear()
+    _CERTS.clear()
 
 
 def _check_cert(jws: CompactJws, trust: Trust) -> _Cert:
@@ -617,6 +655,13 @@ def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _exact(value: int | float) -> int | Fraction:
+    """A number as an exact value for comparisons that must not round: an int as
+    it is (int arithmetic is exact, and much cheaper than Fraction's), a float as
+    the Fraction it equals. Ints and Fractions mix exactly."""
+    return value if isinstance(value, int) else Fraction(value)
+
+
 def _number(value: Any) -> float | None:
     """A JSON number as a float (finite: the I-JSON parser saw to that), or None.
     Integers beyond a double's precision round; no limit here sits that close."""
@@ -676,8 +721,9 @@ def _days_from_civil(year: int, month: int, day: int) -> int:
     return era * 146_097 + day_of_era - 719_468
 
 
-def parse_rfc3339(text: str) -> Fraction:
-    """An RFC 3339 date-time with its offset, as exact Unix seconds. Fractional
+def parse_rfc3339(text: str) -> int | Fraction:
+    """An RFC 3339 date-time with its offset, as exact Unix seconds: an int for
+    whole seconds (exact and cheaper than a Fraction), else a Fraction. Fractional
     seconds of any length; ``T``/``Z`` in either case; second 60 (a leap second)
     counts as the first second of the next minute, as Unix time folds it.
     Raises ``ValueError``."""
@@ -701,10 +747,10 @@ def parse_rfc3339(text: str) -> Fraction:
     whole = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s
     fraction = match.group(7)
     # Decimal, not int(): any number of digits, exactly (int() stops at 4,300).
-    return Fraction(whole) + (Fraction(Decimal("0" + fraction)) if fraction else 0)
+    return whole + Fraction(Decimal("0" + fraction)) if fraction else whole
 
 
-def _check_window(window: Any) -> tuple[str, str, Fraction, Fraction]:
+def _check_window(window: Any) -> tuple[str, str, int | Fraction, int | Fraction]:
     if not isinstance(window, dict):
         raise _Reject("bad_window", "window missing or not an object")
     start_text, end_text = window.get("start"), window.get("end")
