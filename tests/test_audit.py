@@ -577,3 +577,19 @@ def test_a_full_disk_fails_durable_appends_then_recovers(tmp_path: Path) -> None
     events = [e["event"] for e in entries]
     assert events.index(WRITE_FAILED_EVENT) == events.index("received") + failed_at
     assert [e["count"] for e in entries if e["event"] == DROPPED_EVENT] == [31]
+
+
+def test_a_counted_entry_refused_for_its_fields_is_not_counted(
+    make_log, tmp_path: Path
+) -> None:
+    log = make_log(flood_threshold_per_min=2)
+    with pytest.raises(TypeError):
+        log.append_counted("rejected", "bad_alg", blob=b"footage")
+    for n in (1, 2, 3, 4):
+        log.append_counted("rejected", "bad_alg", n=n)  # 3 and 4 only counted
+    log.close()
+    events = [entry(x) for x in lines_of(tmp_path / "audit" / "audit.log")]
+    assert [e["n"] for e in events if e["event"] == "rejected"] == [1, 2]
+    assert [(e["count"], e["total"]) for e in events if e["event"] == "rejected_aggregate"] == [
+        (2, 4)
+    ]

@@ -446,6 +446,10 @@ class AuditLog:
         ``{event}_aggregate`` with ``reason``, ``minute``, ``count`` (entries not
         written one by one) and ``total`` is written once the minute is over
         (or on ``flush``/``close``).
+
+        The fields of an event that is only counted are not kept, so they are
+        not checked either (in a flood that check was most of the cost); those
+        of every event written are, before it is counted.
         """
         _check_event_name(event)
         _check_event_name(event + "_aggregate")
@@ -454,7 +458,6 @@ class AuditLog:
         if not isinstance(reason, str):
             raise TypeError("reason must be a string")
         reason = reason[:MAX_STRING_CHARS]
-        cleaned = clean_fields({"reason": reason, **fields})
         timestamp_ms = self._clock.now_ms()
         minute = timestamp_ms // 60_000
         with self._cond:
@@ -473,11 +476,14 @@ class AuditLog:
                         bucket = None
                 if bucket is None:
                     bucket = self._buckets[key] = _Bucket(minute)
-            bucket.total += 1
-            if bucket.total > self._flood_threshold:
+            if bucket.total >= self._flood_threshold:
+                bucket.total += 1
                 bucket.suppressed += 1
                 self._stats["counted"] += 1
                 return
+            # Checked before it counts: a refused entry leaves the counts as they were.
+            cleaned = clean_fields({"reason": reason, **fields})
+            bucket.total += 1
             if len(self._pending) >= self._max_pending:
                 self._dropped_unreported += 1
                 self._stats["dropped"] += 1
