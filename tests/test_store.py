@@ -21,6 +21,7 @@ import pytest
 from edge.clock import ManualClock
 from edge.share.store import (
     DB_NAME,
+    Acceptance,
     AcceptResult,
     Rejection,
     RequestStore,
@@ -119,6 +120,29 @@ def test_duplicates_are_keyed_on_iss_and_jti(open_store) -> None:
     assert not other.duplicate and other.id != first.id
     assert store.seen(ISS, "00000000-0000-4000-8000-000000000001")
     assert store.counts()["pending"] == 2
+
+
+def test_a_batch_is_taken_in_as_one_change(open_store) -> None:
+    store = open_store()
+    rev = store.current_rev()
+
+    def item(n: int, state: str, request: dict[str, Any]) -> Acceptance:
+        return Acceptance(iss=ISS, jti=f"00000000-0000-4000-8000-{n:012d}", state=state,  # type: ignore[arg-type]
+                          request=request, exp_ms=T0_MS + HOUR_MS,
+                          window_start_ms=T0_MS - HOUR_MS, window_end_ms=T0_MS)
+
+    results = store.accept_many([item(1, "pending", {"title": "x"}), item(2, "not_matching", {}),
+                                 item(1, "pending", {"title": "again"})])
+    assert [r.duplicate for r in results] == [False, False, True]
+    assert results[2].id == results[0].id
+    new_rev, changed = store.changes_since(rev)
+    assert new_rev == rev + 1  # the rows of one transaction share its rev
+    assert [(r.id, r.state, r.request) for r in changed] == [
+        (results[0].id, "pending", {"title": "x"}), (results[1].id, "not_matching", {})]
+    assert all(r.rev == new_rev for r in changed)
+    # Only duplicates: nothing written, nothing changed.
+    assert [r.duplicate for r in store.accept_many([item(2, "not_matching", {})])] == [True]
+    assert store.current_rev() == new_rev
 
 
 def test_a_rejected_message_reserves_nothing(open_store) -> None:
