@@ -1084,3 +1084,24 @@ def test_window_limits_stay_exact_with_fractional_seconds_and_float_policies() -
         assert outcome(payload, policy=Policy(skew_s=0.1)) == expected, end_text
     assert parse_rfc3339("2026-11-30T12:00:00Z") == 1_796_040_000
     assert parse_rfc3339("2026-11-30T12:00:00.100Z") * 10 == 17_960_400_001
+
+
+def test_a_remembered_upload_url_is_judged_anew_for_other_hosts_or_policies() -> None:
+    url = "http://127.0.0.1:8080/files/"
+    local = make_cert(cert_overrides={"upload_hosts": ["127.0.0.1"]})
+    payload = payload_of(local, make_request(request_overrides={"upload.url": url}))
+    insecure_ok = Policy(allow_insecure_localhost=True)
+    assert outcome(payload, policy=insecure_ok) == "accepted"  # remembered from here on
+    assert outcome(payload) == "upload_not_allowed"  # a camera in service refuses http
+    other_host = make_cert(cert_overrides={"upload_hosts": ["127.0.0.2"]})
+    payload = payload_of(other_host, make_request(request_overrides={"upload.url": url}))
+    assert outcome(payload, policy=insecure_ok) == "upload_not_allowed"
+
+
+def test_rfc3339_fractions_of_any_length_are_exact() -> None:
+    from fractions import Fraction
+
+    for digits in ("5", "123", "1" * 18, "1" * 19, "9" * 40):
+        expected = Fraction(int(digits), 10 ** len(digits))
+        assert parse_rfc3339(f"1970-01-01T00:00:00.{digits}Z") == expected
+        assert parse_rfc3339(f"1969-12-31T23:59:59.{digits}Z") == expected - 1

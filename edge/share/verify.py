@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 import json
 import math
@@ -352,7 +353,7 @@ def _check(
             )
 
     # upload_not_allowed
-    upload = _check_upload_url(fields.upload_url, cert.upload_hosts, policy)
+    upload = _checked_upload_url(fields.upload_url, cert.upload_hosts, policy)
 
     return VerifiedRequest(
         iss=fields.iss,
@@ -370,8 +371,9 @@ def _check(
         area=area,
         window_start=start_text,
         window_end=end_text,
-        window_start_ms=math.floor(start * 1000),
-        window_end_ms=math.ceil(end * 1000),
+        # Floor and ceiling in integers (an int has a numerator and a denominator too).
+        window_start_ms=start.numerator * 1000 // start.denominator,
+        window_end_ms=-(-end.numerator * 1000 // end.denominator),
         upload_url=upload.normalised,
         upload_url_as_sent=fields.upload_url,
         upload_host=upload.host,
@@ -711,6 +713,9 @@ _RFC3339 = re.compile(
 )
 
 
+_FAST_FRACTION_DIGITS = 18
+
+
 def _days_from_civil(year: int, month: int, day: int) -> int:
     """Days since 1970-01-01 in the proleptic Gregorian calendar (Hinnant's algorithm)."""
     year -= month <= 2
@@ -730,7 +735,7 @@ def parse_rfc3339(text: str) -> int | Fraction:
     match = _RFC3339.fullmatch(text)
     if match is None:
         raise ValueError(f"not an RFC 3339 date-time with an offset: {text[:40]!r}")
-    year, month, day, hour, minute, second = (int(g) for g in match.group(1, 2, 3, 4, 5, 6))
+    year, month, day, hour, minute, second = map(int, match.group(1, 2, 3, 4, 5, 6))
     if not 1 <= month <= 12:
         raise ValueError(f"month {month}")
     leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
@@ -746,8 +751,14 @@ def parse_rfc3339(text: str) -> int | Fraction:
     days = _days_from_civil(year, month, day)
     whole = days * 86_400 + hour * 3600 + minute * 60 + second - offset_s
     fraction = match.group(7)
+    if not fraction:
+        return whole
+    digits = fraction[1:]
+    if len(digits) <= _FAST_FRACTION_DIGITS:  # the usual milli- to nanoseconds, in one Fraction
+        scale = 10 ** len(digits)
+        return Fraction(whole * scale + int(digits), scale)
     # Decimal, not int(): any number of digits, exactly (int() stops at 4,300).
-    return whole + Fraction(Decimal("0" + fraction)) if fraction else whole
+    return whole + Fraction(Decimal("0" + fraction))
 
 
 def _check_window(window: Any) -> tuple[str, str, int | Fraction, int | Fraction]:
@@ -921,6 +932,15 @@ class _Upload:
     normalised: str
     host: str
     port: int | None
+
+
+@functools.lru_cache(maxsize=64)
+def _checked_upload_url(url: str, allowed_hosts: tuple[str, ...], policy: Policy) -> _Upload:
+    """``_check_upload_url`` remembered for the last few URLs that passed: an
+    agency uploads to the same URL request after request. The check depends on
+    its arguments alone, so a remembered answer is the answer; refusals raise
+    and are not remembered."""
+    return _check_upload_url(url, allowed_hosts, policy)
 
 
 def _check_upload_url(url: str, allowed_hosts: Sequence[str], policy: Policy) -> _Upload:
