@@ -109,6 +109,34 @@ def test_parts_must_be_three_unpadded_base64url() -> None:
             parse_compact(bad, typ=TYP)
 
 
+def test_a_remembered_header_passes_only_for_its_typ_and_is_the_caller_s_own_copy() -> None:
+    token = sign_compact(HEADER, {}, AGENCY_KEY)
+    first = parse_compact(token, typ=TYP)  # the header is remembered from here on
+    first.header["typ"] = "changed by a caller"
+    assert parse_compact(token, typ=TYP).header == HEADER
+    with pytest.raises(JwsError, match="typ"):
+        parse_compact(token, typ="assist-request+jwt")
+    # The remembered header does not spare the other parts their checks.
+    header, payload, signature = token.split(".")
+    for bad in (f"{header}.{payload}=.{signature}", f"{header}.{payload}.{signature[:-1]}!",
+                f"{header}.{payload}"):
+        with pytest.raises(JwsError):
+            parse_compact(bad, typ=TYP)
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [("A-_A" * 300, True), ("A-_A" * 299 + "A+_A", False), ("A-_A" * 299 + "A-_\0", False),
+     ("A-_A" * 299 + "é-_A", False), ("A.AA", False), ("AAA-" * 300 + "A", False)],
+)
+def test_b64url_checks_every_character_of_long_text(text: str, ok: bool) -> None:
+    if ok:
+        assert b64url_encode(b64url_decode(text)) == text
+    else:
+        with pytest.raises(ValueError):
+            b64url_decode(text)
+
+
 @pytest.mark.parametrize(
     ("data", "value"),
     [

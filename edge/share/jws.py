@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -36,10 +37,8 @@ MAX_JSON_DEPTH = 32  # I-JSON lets a receiver refuse deeper nesting; the spec sa
 # int() from raising on its 4,300-digit limit.
 _MAX_INT_DIGITS = 309
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-_B64URL_VALUES = {
-    c: i for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
-}
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_B64URL_VALUES = {chr(c): i for i, c in enumerate(_B64URL_ALPHABET)}
 _URLSAFE_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Valid UTF-8 cannot carry a surrogate, so one can only come from a \uD800-\uDFFF
@@ -68,15 +67,18 @@ def b64url_decode(text: str) -> bytes:
     """Strict unpadded base64url: alphabet ``A-Za-z0-9-_`` only, no ``=``, and the
     canonical encoding (unused trailing bits zero, RFC 4648 section 3.5), so one
     byte string has exactly one text form. Raises ``ValueError``."""
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+    # Deleting the alphabet's bytes leaves nothing only if every character is in
+    # it: the same test as the regex [A-Za-z0-9_-]*, several times faster.
+    data = text.encode("ascii") if text.isascii() else b"?"
+    if data.translate(None, _B64URL_ALPHABET) or len(text) % 4 == 1:
         raise ValueError("not unpadded base64url")
     # The last character of a 2- or 3-character group carries 4 or 2 unused bits.
     unused_mask = (0, 0, 0xF, 0x3)[len(text) % 4]
     if unused_mask and _B64URL_VALUES[text[-1]] & unused_mask:
         raise ValueError("non-canonical base64url (trailing bits set)")
     try:  # binascii directly: base64.urlsafe_b64decode is two wrappers around it
-        data = text.encode("ascii").translate(_URLSAFE_TO_STANDARD) + b"=" * (-len(text) % 4)
-        return binascii.a2b_base64(data)
+        padded = data.translate(_URLSAFE_TO_STANDARD) + b"=" * (-len(text) % 4)
+        return binascii.a2b_base64(padded)
     except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
         raise ValueError("not unpadded base64url") from exc
 
@@ -213,6 +215,17 @@ def parse_compact(token: str, *, typ: str) -> CompactJws:
         header_bytes, payload, signature = (b64url_decode(part) for part in parts)
     except ValueError as exc:
         raise JwsError(str(exc)) from exc
+    header = dict(_checked_header(header_bytes, typ))  # a copy: the caller's to keep
+    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
+    return CompactJws(header, payload, signing_input, signature)
+
+
+@functools.lru_cache(maxsize=32)
+def _checked_header(header_bytes: bytes, typ: str) -> dict[str, Any]:
+    """The header checks of ``parse_compact``, remembered for the last few headers
+    that passed: a publisher sends the same header bytes with every token. They
+    depend on the bytes and ``typ`` alone; failures raise and are not remembered.
+    The dict returned is shared: never change it."""
     try:
         header = loads_ijson(header_bytes)
     except IJsonError as exc:
@@ -226,8 +239,7 @@ def parse_compact(token: str, *, typ: str) -> CompactJws:
         raise JwsError(f"typ {_show(header.get('typ'))} is not {typ!r}")
     if "crit" in header:
         raise JwsError("header has crit")
-    signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")
-    return CompactJws(header, payload, signing_input, signature)
+    return header
 
 
 def sign_compact(header: Mapping[str, Any], claims: Any, private_key: Ed25519PrivateKey) -> str:
