@@ -79,7 +79,7 @@ def b64url_decode(text: str) -> bytes:
     try:  # binascii directly: base64.urlsafe_b64decode is two wrappers around it
         padded = data.translate(_URLSAFE_TO_STANDARD) + b"=" * (-len(text) % 4)
         return binascii.a2b_base64(padded)
-    except (binascii.Error, ValueError) as exc:  # pragma: no cover - the regex rules these out
+    except (binascii.Error, ValueError) as exc:  # pragma: no cover - ruled out above
         raise ValueError("not unpadded base64url") from exc
 
 

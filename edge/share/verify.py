@@ -712,7 +712,8 @@ _RFC3339 = re.compile(
     r"(?:([Zz])|([+-])([0-9]{2}):([0-9]{2}))"
 )
 
-
+# Fractional seconds up to this many digits (nanoseconds and then some) are read
+# with int(): one Fraction built at once, no Decimal. Longer ones take Decimal.
 _FAST_FRACTION_DIGITS = 18
 
 
