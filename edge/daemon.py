@@ -19,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge.buffer.ring import Ring, RingError
+from edge.buffer.ring import Ring, RingError, RingFeed
 from edge.buffer.segmenter import Segmenter
 from edge.capture import open_source
 from edge.capture.encoder import make_encoder
@@ -107,7 +107,7 @@ def build_recorder(
             keyframe_interval_frames=keyframe_interval,
         )
     segmenter = Segmenter(
-        sink=ring,
+        sink=RingFeed(ring),
         camera=config.device.name,
         run_id=run_id,
         segment_seconds=config.buffer.segment_seconds,

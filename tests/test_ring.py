@@ -24,8 +24,10 @@ from edge.buffer.clip import build_clip
 from edge.buffer.ring import (
     INDEX_NAME,
     SEGMENTS_DIR,
+    STORE_QUEUE_SEGMENTS,
     PinCapExceeded,
     RingError,
+    RingFeed,
     RingReader,
     SegmentDamaged,
 )
@@ -392,4 +394,79 @@ def test_concurrent_put_status_and_export(tmp_path: Path, clock: ManualClock) ->
         thread.join(timeout=30)
     assert errors == []
     assert ring.verify() == []
+    ring.close()
+
+
+# -- the recorder's way in: submit seals at once, the store thread writes -----------
+
+
+def test_submitted_segments_are_stored_in_order_once_flushed(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    segments = make_segments(RUN_A)
+    ring = open_ring(tmp_path, clock)
+    feed = RingFeed(ring)  # what the daemon hands the segmenter
+    for segment in segments:
+        feed.put(segment)
+    ring.flush()
+    assert listed_sequences(ring) == [s.meta.sequence for s in segments]
+    records = ring.overlapping(0, 2**62)
+    assert [record.row_id for record in records] == sorted(r.row_id for r in records)
+    assert [n for r in records for n in decode_frame_numbers(ring.open_segment(r).mp4)] == (
+        frames_of(segments)
+    )
+    assert ring.verify() == []
+    ring.close()
+
+
+def test_close_stores_everything_submitted(tmp_path: Path, clock: ManualClock) -> None:
+    segments = make_segments(RUN_A)
+    ring = open_ring(tmp_path, clock)
+    for segment in segments:
+        ring.submit(segment)
+    ring.close()  # as the daemon does on stop, right after the recorder's last segment
+    with RingReader.open(tmp_path) as reader:
+        assert listed_sequences(reader) == [s.meta.sequence for s in segments]
+        assert reader.verify() == []
+    with pytest.raises(RingError, match="closed"):
+        ring.submit(segments[0])
+
+
+def test_submit_does_not_wait_for_a_stalled_disk(tmp_path: Path, clock: ManualClock) -> None:
+    segments = make_segments(RUN_A)
+    ring = open_ring(tmp_path, clock)
+    # Holding the ring's index lock stands in for a disk that stalls: the store
+    # thread blocks in its eviction pass before it writes anything.
+    with ring._lock:
+        for segment in segments[: STORE_QUEUE_SEGMENTS + 1]:  # one being stored + the queue
+            ring.submit(segment)
+        assert segment_files(tmp_path) == []
+    ring.flush()
+    assert listed_sequences(ring) == [s.meta.sequence for s in segments[: STORE_QUEUE_SEGMENTS + 1]]
+    ring.close()
+
+
+def test_a_failed_store_is_reported_on_the_next_submit_and_recording_can_go_on(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    segments = make_segments(RUN_A)
+    ring = open_ring(tmp_path, clock)
+    ring.put(segments[0])
+    segments_dir = tmp_path / "buffer" / SEGMENTS_DIR
+    # A real fault, not a mock: the segments directory is gone (a card pulled, a
+    # stray rm), so the durable write fails with ENOENT.
+    moved = tmp_path / "moved-away"
+    segments_dir.rename(moved)
+    ring.submit(segments[1])
+    ring.flush()
+    with pytest.raises(RingError, match="storing an earlier segment failed"):
+        ring.submit(segments[2])
+    moved.rename(segments_dir)
+    ring.submit(segments[3])  # reported once: the next one goes through
+    ring.flush()
+    with pytest.raises(FileNotFoundError):  # put reports its own failure at once
+        segments_dir.rename(moved)
+        ring.put(segments[4])
+    moved.rename(segments_dir)
+    assert listed_sequences(ring) == [0, 3]
     ring.close()

@@ -13,6 +13,13 @@ the directory fsynced, and only then indexed: a power cut loses at most the
 segment being written, and ``Ring.open`` reconciles files and rows. Nothing but
 ciphertext is ever written to disk.
 
+Sealing happens on the caller's thread; the disk work (eviction, the durable
+write, the index row) on the ring's own store thread, so the recorder seals the
+next segment while the last one is fsynced, and a slow flush (SD cards stall for
+hundreds of milliseconds) never holds up encoding. ``put`` waits until its
+segment is stored; ``submit``, the recorder's way in, waits only while
+``STORE_QUEUE_SEGMENTS`` sealed segments are already queued for the disk.
+
 ``Ring`` is the writer (the daemon); ``RingReader`` reads the same state from
 another process (``edge status``, ``edge export``) without changing it.
 """
@@ -24,15 +31,18 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import re
 import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edge.buffer.hashing import HashWorker
 from edge.buffer.index import IndexError_, Pin, SegmentIndex, SegmentRecord
 from edge.buffer.seal import (
     MAX_SEGMENT_BYTES,
@@ -64,6 +74,9 @@ DISK_RESERVE_BYTES = 1024 * 1024
 DEFAULT_GAP_THRESHOLD_MS = 1000  # frames further apart than this are a gap (restart, cut)
 _EVICTION_BATCH = 256
 _MAX_STORE_ATTEMPTS = 16
+# Sealed segments waiting for the disk (2 MB each at 8 Mbit/s). A power cut loses
+# these along with the one being written; two ride out a slow flush.
+STORE_QUEUE_SEGMENTS = 2
 
 
 class RingError(Exception):
@@ -131,6 +144,18 @@ class RingStatus:
         }
 
 
+@dataclass(eq=False)
+class _SealedSegment:
+    """A segment sealed on the caller's thread, waiting for the store thread."""
+
+    meta: SegmentMeta
+    video_bytes: int
+    sealed: bytes
+    key_id: str
+    stored: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
 @dataclass
 class _Totals:
     segments: int = 0
@@ -161,6 +186,8 @@ class RingReader:
         # happen outside it.
         self._lock = threading.Lock()
         self._closed = False
+        # Decrypts (readers) or hashes (the writer) beside the thread that asked.
+        self._worker = HashWorker("edge-ring-worker")
 
     @classmethod
     def open(
@@ -181,6 +208,7 @@ class RingReader:
             if not self._closed and self._index is not None:
                 self._index.close()
             self._closed = True
+        self._worker.close()
 
     def __enter__(self) -> RingReader:
         return self
@@ -219,18 +247,28 @@ class RingReader:
                 f"file holds {len(sealed)}{'+' if len(sealed) > record.sealed_bytes else ''} "
                 f"bytes, index says {record.sealed_bytes}: truncated, or replaced by another file",
             )
-        if hashlib.sha256(sealed).digest() != record.sealed_sha256:
+        # Decrypted on the worker while this thread hashes: pyrage holds Python's
+        # lock throughout, hashlib lets go of it, so the two share two cores.
+        decrypted: Future[OpenedSegment] | None = None
+        problem = ""
+        try:
+            identity = self._keys.identity(record.key_id).identity
+            decrypted = self._worker.submit(lambda: open_sealed(sealed, [identity]))
+        except KeyFileError as error:
+            problem = f"its storage key is not available: {error}"
+        digest = hashlib.sha256(sealed).digest()
+        opened: OpenedSegment | None = None
+        if decrypted is not None:
+            try:
+                opened = decrypted.result()
+            except SealedSegmentError as error:
+                problem = str(error)
+        if digest != record.sealed_sha256:
             raise self._damaged(
                 record, "content does not match its index row: altered, or replaced by another file"
             )
-        try:
-            key = self._keys.identity(record.key_id)
-        except KeyFileError as error:
-            raise self._damaged(record, f"its storage key is not available: {error}") from None
-        try:
-            opened = open_sealed(sealed, [key.identity])
-        except SealedSegmentError as error:
-            raise self._damaged(record, str(error)) from None
+        if opened is None:
+            raise self._damaged(record, problem)
         differences = _differences(record, opened)
         if differences:
             raise self._damaged(
@@ -293,10 +331,11 @@ class RingReader:
 class Ring(RingReader):
     """The writer: takes segments (a SegmentSink), evicts, pins. One per data_dir.
 
-    Thread use: ``put`` is called by the segmenter's worker thread; ``pin`` and
-    ``unpin`` by the approvals worker; the reader methods by any thread. ``_put_lock``
-    serialises puts (write + rename + fsync happen under it, not under ``_lock``,
-    so a status query never waits for a disk flush).
+    Thread use: ``submit`` (or ``put``) is called by the segmenter's worker thread;
+    ``pin`` and ``unpin`` by the approvals worker; the reader methods by any thread.
+    ``_put_lock`` serialises sealing and queueing, so segments are stored in the
+    order they were put. The store thread writes, renames and fsyncs outside
+    ``_lock``, so a status query never waits for a disk flush.
     """
 
     def __init__(
@@ -325,6 +364,12 @@ class Ring(RingReader):
         self._pin_cap_bytes = pin_cap_bytes
         self._put_lock = threading.Lock()
         self._totals = _Totals()
+        # Sealed segments; an Event is flush()'s marker, None tells the thread to end.
+        self._store_queue: queue.Queue[_SealedSegment | threading.Event | None] = queue.Queue(
+            maxsize=STORE_QUEUE_SEGMENTS
+        )
+        self._store_thread: threading.Thread | None = None
+        self._store_error: BaseException | None = None  # a submitted segment that failed
 
     @classmethod
     def open(  # type: ignore[override]
@@ -389,7 +434,12 @@ class Ring(RingReader):
         return ring
 
     def close(self) -> None:
+        """Stores what was submitted, then closes the index and lets go of the lock."""
         with self._put_lock:
+            if self._store_thread is not None:
+                self._store_queue.put(None)
+                self._store_thread.join()
+                self._store_thread = None
             super().close()
             if self._lock_fd >= 0:
                 os.close(self._lock_fd)  # releases the flock
@@ -398,48 +448,110 @@ class Ring(RingReader):
     # -- SegmentSink -----------------------------------------------------------------
 
     def put(self, segment: Segment) -> None:
-        """Seal and store one segment, evicting as needed. Called by the segmenter thread.
+        """Seal and store one segment, evicting as needed; returns once it is on disk.
 
         A full disk never stops recording: the oldest segments go at once. Only if
         nothing at all can be evicted is the segment dropped (logged, counted).
         """
+        sealed = self._seal_and_queue(segment)
+        sealed.stored.wait()
+        if sealed.error is not None:
+            raise sealed.error
+
+    def submit(self, segment: Segment) -> None:
+        """Seal one segment now and leave storing it to the store thread.
+
+        Returns once it is queued (waiting only while the queue is full). If a
+        segment submitted earlier could not be stored, raises that error here,
+        once: the caller (the recorder) then stops as it would have on ``put``.
+        """
+        self._seal_and_queue(segment)
+
+    def flush(self) -> None:
+        """Waits until everything submitted so far is stored (or has failed)."""
+        with self._put_lock:
+            self._check_open()
+            if self._store_thread is None:
+                return
+            reached = threading.Event()
+            self._store_queue.put(reached)
+        reached.wait()
+
+    def _seal_and_queue(self, segment: Segment) -> _SealedSegment:
         meta = segment.meta
         if meta.last_frame_ms < meta.first_frame_ms or meta.frame_count <= 0:
             raise ValueError(f"segment metadata is inconsistent: {meta}")
         with self._put_lock:
-            if self._closed:
-                raise RingError("ring is closed")
+            self._check_open()
+            error, self._store_error = self._store_error, None
+            if error is not None:
+                raise RingError(f"storing an earlier segment failed: {error}") from error
             key = self._keys.current(self._clock)
-            sealed = seal_segment(segment, [key.recipient, *self._owners])
-            digest = hashlib.sha256(sealed).digest()
-            with self._lock:
-                self._evict_to_limits(incoming_bytes=len(sealed))
-            file_name = f"{secrets.token_hex(16)}.age"
-            if not self._store_file(file_name, sealed):
-                self._drop(segment, "no space left even after evicting everything evictable")
+            sealed = _SealedSegment(
+                meta=meta,
+                video_bytes=len(segment.mp4),
+                sealed=seal_segment(segment, [key.recipient, *self._owners]),
+                key_id=key.key_id,
+            )
+            if self._store_thread is None:
+                self._store_thread = threading.Thread(
+                    target=self._store_loop, name="edge-ring-store", daemon=True
+                )
+                self._store_thread.start()
+            self._store_queue.put(sealed)
+            return sealed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RingError("ring is closed")
+
+    # -- the store thread ---------------------------------------------------------------
+
+    def _store_loop(self) -> None:
+        while (sealed := self._store_queue.get()) is not None:
+            if isinstance(sealed, threading.Event):
+                sealed.set()
+                continue
+            try:
+                self._store(sealed)
+            except BaseException as error:
+                log.error("could not store a segment (%s): %s", _describe_meta(sealed.meta), error)
+                sealed.error = error
+                self._store_error = error
+            finally:
+                sealed.stored.set()
+
+    def _store(self, sealed: _SealedSegment) -> None:
+        data = sealed.sealed
+        digest = self._worker.sha256(data)  # hashed beside the write
+        with self._lock:
+            self._evict_to_limits(incoming_bytes=len(data))
+        file_name = f"{secrets.token_hex(16)}.age"
+        if not self._store_file(file_name, data):
+            self._drop(sealed.meta, "no space left even after evicting everything evictable")
+            return
+        for _ in range(_MAX_STORE_ATTEMPTS):
+            try:
+                with self._lock:
+                    self._writer_index.insert(
+                        file_name=file_name,
+                        meta=sealed.meta,
+                        video_bytes=sealed.video_bytes,
+                        sealed_bytes=len(data),
+                        sealed_sha256=digest.result(),
+                        key_id=sealed.key_id,
+                    )
+                    self._totals.segments += 1
+                    self._totals.bytes += len(data)
                 return
-            for _ in range(_MAX_STORE_ATTEMPTS):
-                try:
-                    with self._lock:
-                        self._writer_index.insert(
-                            file_name=file_name,
-                            meta=meta,
-                            video_bytes=len(segment.mp4),
-                            sealed_bytes=len(sealed),
-                            sealed_sha256=digest,
-                            key_id=key.key_id,
-                        )
-                        self._totals.segments += 1
-                        self._totals.bytes += len(sealed)
-                    return
-                except sqlite3.OperationalError as error:
-                    if not _is_disk_full(error):
-                        (self.segments_dir / file_name).unlink(missing_ok=True)
-                        raise
-                    if not self._evict_for_disk(len(sealed)):
-                        break
-            (self.segments_dir / file_name).unlink(missing_ok=True)
-            self._drop(segment, "no space left for its index row")
+            except sqlite3.OperationalError as error:
+                if not _is_disk_full(error):
+                    (self.segments_dir / file_name).unlink(missing_ok=True)
+                    raise
+                if not self._evict_for_disk(len(data)):
+                    break
+        (self.segments_dir / file_name).unlink(missing_ok=True)
+        self._drop(sealed.meta, "no space left for its index row")
 
     # -- pins -------------------------------------------------------------------------
 
@@ -646,13 +758,24 @@ class Ring(RingReader):
                     return False
         return False
 
-    def _drop(self, segment: Segment, reason: str) -> None:
+    def _drop(self, meta: SegmentMeta, reason: str) -> None:
         with self._lock:
             self._totals.dropped += 1
-        log.error("segment dropped (%s): %s", _describe_meta(segment.meta), reason)
+        log.error("segment dropped (%s): %s", _describe_meta(meta), reason)
 
 
 _EvictWhile = Callable[[SegmentRecord, int], bool]
+
+
+class RingFeed:
+    """The recorder's sink: each segment is sealed at once and stored on the ring's
+    store thread (``Ring.submit``), so encoding never waits for a disk flush."""
+
+    def __init__(self, ring: Ring) -> None:
+        self._ring = ring
+
+    def put(self, segment: Segment) -> None:
+        self._ring.submit(segment)
 
 
 def _write_durably(directory: Path, file_name: str, data: bytes) -> None:
