@@ -16,8 +16,10 @@ import threading
 import tracemalloc
 from pathlib import Path
 
+import av
 import pytest
 
+from edge.buffer import fmp4
 from edge.buffer.clip import ClipInfo, NoFootage, build_clip
 from edge.buffer.ring import SEGMENTS_DIR, Ring
 from edge.clock import ManualClock
@@ -30,6 +32,7 @@ from ringtools import (
     make_segments,
     open_ring,
     put_all,
+    read_stamp,
 )
 
 RUN_A = RunSpec(count=12)  # segments of 1 s (10 frames), frames 0..119, from T0
@@ -329,3 +332,33 @@ def test_exports_while_recording(tmp_path: Path) -> None:
     assert errors == []
     assert results == [frames_of(segments[:10])] * 5
     ring.close()
+
+
+def test_segments_are_joined_byte_for_byte_not_re_encoded_or_remuxed(ring: Ring) -> None:
+    data, info = clip_bytes(ring, T0_MS + 2_500, T0_MS + 5_200)
+    sources = make_segments(RUN_A)[2:6]
+    clip = fmp4.parse_segment(data)  # the clip has the same plain layout as a segment
+    first = fmp4.parse_segment(sources[0].mp4)
+    assert clip.init(data) == first.init(sources[0].mp4)  # ftyp + moov as recorded
+    assert len(clip.fragments) == len(sources) == info.segments
+    for fragment, source in zip(clip.fragments, sources, strict=True):
+        (original,) = fmp4.parse_segment(source.mp4).fragments
+        # Sample data and the sample table are the recorded bytes; only the
+        # sequence number and the decode time differ.
+        mdat_from = fragment.time_at + fragment.time_bytes
+        original_from = original.time_at + original.time_bytes
+        assert data[mdat_from : fragment.end] == source.mp4[original_from : original.end]
+    times = [f.decode_time for f in clip.fragments]
+    assert times == [0, 90_000, 180_000, 270_000]  # 1 s segments at 90 kHz, from 0
+
+
+def test_the_clip_can_be_seeked_through_its_mfra(ring: Ring) -> None:
+    data, _ = clip_bytes(ring, T0_MS, T0_MS + 11_900)
+    assert data[-16:-12] == b"\x00\x00\x00\x10" and data[-12:-8] == b"mfro"
+    mfra_size = int.from_bytes(data[-4:], "big")
+    assert data[-mfra_size + 4 : -mfra_size + 8] == b"mfra"
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        container.seek(int(7.0 / stream.time_base), stream=stream)  # 7 s into the clip
+        frame = next(container.decode(stream))
+        assert read_stamp(frame) == 70  # segment 7 starts with frame 70, a key frame

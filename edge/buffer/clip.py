@@ -2,10 +2,21 @@
 
 ``edge export``, the review page and delivery all call ``build_clip``. It lists the
 segments overlapping the window (an index query: nothing outside the window is read
-or decrypted), then for each one in time order: reads, checks and decrypts it in
-memory, and remuxes its packets by stream copy (no re-encode) into one output
-container written front to back to ``out`` (never seeked, so a pipe, an HTTP
-response or a sealing stream will do). Only one segment is in memory at a time.
+or decrypted), then for each one in time order reads, checks and decrypts it in
+memory and appends it to one fragmented MP4 written front to back to ``out``
+(never seeked, so a pipe, an HTTP response or a sealing stream will do). Only one
+segment is in memory at a time.
+
+Joined, not remuxed: every segment is itself a fragmented MP4 (ftyp, moov, then
+moof/mdat pairs), and the segmenter makes them all alike (one H.264 track, one
+time scale, SPS/PPS in band on every key frame). So the clip is the first
+segment's ftyp and moov, then every segment's moof/mdat pairs copied byte for
+byte with only two fields rewritten in each moof (the fragment's sequence number
+and its decode time, ``tfdt``), then an ``mfra`` index for seeking. No packet is
+parsed or copied one by one. A segment that does not fit that mould (another
+time scale, SPS/PPS that differ from the clip's and are not in band, a layout
+the joiner does not know) is first remuxed alone by stream copy with PyAV into
+one that does, its own SPS/PPS carried in band, and then joined the same way.
 
 The clip is key-frame aligned: whole segments, so at most one segment more than the
 window on each side. Timestamps are rebased to run continuously from 0: each
@@ -16,7 +27,6 @@ straight on) and listed in ``ClipInfo.gaps``, with where in the clip it falls.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import struct
@@ -27,13 +37,21 @@ from typing import BinaryIO, Protocol
 
 import av
 
+from edge.buffer import fmp4
+from edge.buffer.hashing import StreamingSha256
 from edge.buffer.index import SegmentRecord
 from edge.buffer.ring import SegmentUnavailable
 from edge.buffer.seal import OpenedSegment
 
 log = logging.getLogger(__name__)
 
-CLIP_MUXER_OPTIONS = {"movflags": "frag_keyframe+empty_moov+default_base_moof"}
+# For a segment remuxed into the joinable mould: what the segmenter uses (a
+# fragment per key frame, decode times as given, no edit list).
+REMUX_OPTIONS = {
+    "movflags": "frag_keyframe+empty_moov+default_base_moof+frag_discont",
+    "use_editlist": "0",
+    "avoid_negative_ts": "disabled",
+}
 # The segment's avcC already says what the stream is: skip ffmpeg's probing, which
 # would decode frames to guess a frame rate (most of the cost of opening one).
 SEGMENT_DEMUXER_OPTIONS = {"analyzeduration": "0", "fpsprobesize": "0"}
@@ -104,37 +122,42 @@ def build_clip(
     if not records:
         raise NoFootage("the buffer holds no footage of that window")
     skipped: list[Skipped] = []
-    remuxer: _Remuxer | None = None
-    for record in records:
-        try:
-            opened = ring.open_segment(record)
-        except SegmentUnavailable as problem:
-            skipped.append(
-                Skipped(record.meta.first_frame_ms, record.meta.last_frame_ms, problem.reason)
+    joiner: _Joiner | None = None
+    opened: OpenedSegment | None = None
+    sink = _StreamSink(out)
+    try:
+        for record in records:
+            try:
+                opened = ring.open_segment(record)
+                if joiner is None:
+                    joiner = _Joiner.start(sink, opened, gap_threshold_ms)
+                joiner.append(opened)
+            except (SegmentUnavailable, _Unusable) as problem:
+                skipped.append(
+                    Skipped(record.meta.first_frame_ms, record.meta.last_frame_ms, problem.reason)
+                )
+            finally:
+                opened = None  # one segment in memory at a time
+        if joiner is None:
+            raise NoFootage(
+                f"none of the {len(records)} segments of that window can be read: "
+                + "; ".join(sorted({s.reason for s in skipped}))
             )
-            continue
-        if remuxer is None:
-            remuxer = _Remuxer(_StreamSink(out), opened, gap_threshold_ms)
-        remuxer.append(opened)
-        del opened  # one segment in memory at a time
-    if remuxer is None:
-        raise NoFootage(
-            f"none of the {len(records)} segments of that window can be read: "
-            + "; ".join(sorted({s.reason for s in skipped}))
-        )
-    return remuxer.finish(tuple(skipped))
+        return joiner.finish(tuple(skipped))
+    finally:
+        sink.close()
 
 
 class _StreamSink:
-    """Write-only view of ``out`` that hashes and counts. No seek/tell: PyAV then
-    treats the output as a stream and never goes back."""
+    """Write-only view of ``out`` that hashes and counts: the clip goes out front to
+    back, never seeked."""
 
     def __init__(self, out: BinaryIO) -> None:
         self._out = out
-        self._hash = hashlib.sha256()
+        self._hash = StreamingSha256("edge-clip-hash")  # on another core, beside decryption
         self.bytes = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._out.write(data)
         self._hash.update(data)
         self.bytes += len(data)
@@ -143,20 +166,31 @@ class _StreamSink:
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
+    def close(self) -> None:
+        self._hash.close()
 
-class _Remuxer:
-    def __init__(self, sink: _StreamSink, first: OpenedSegment, gap_threshold_ms: int) -> None:
+
+class _Unusable(Exception):
+    """A decrypted segment that neither joins nor remuxes (never seen from our segmenter)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Joiner:
+    """Writes the clip: the first segment's init, then every segment's fragments."""
+
+    def __init__(
+        self, sink: _StreamSink, init: bytes, track: fmp4.Track, gap_threshold_ms: int
+    ) -> None:
         self._sink = sink
+        self._init = init  # the clip's ftyp + moov: the mould later segments must fit
+        self._track = track
         self._gap_threshold_ms = gap_threshold_ms
-        self._output = av.open(sink, "w", format="mp4", options=dict(CLIP_MUXER_OPTIONS))
-        with _open_segment(first) as source:
-            template = source.streams.video[0]
-            self._stream = self._output.add_stream_from_template(template)
-            self._extradata = bytes(template.codec_context.extradata or b"")
-            self._time_base = template.time_base or Fraction(1, 90000)
-        self._stream.time_base = self._time_base
-        self._offset = 0  # where the next segment starts, in the output's time base
-        self._last_dts: int | None = None
+        self._sequence = 0  # of the last fragment written (mfhd counts from 1)
+        self._offset = 0  # decode time where the next segment starts (track time scale)
+        self._seek_points: list[tuple[int, int]] = []  # (decode time, moof offset)
         self._first_frame_ms: int | None = None
         self._last_frame_ms = 0
         self._previous_last_ms: int | None = None
@@ -164,47 +198,48 @@ class _Remuxer:
         self._frames = 0
         self._clock_synced = True
         self._gaps: list[Gap] = []
-        self._announced_extradata = self._extradata
+        sink.write(init)
+
+    @classmethod
+    def start(cls, sink: _StreamSink, first: OpenedSegment, gap_threshold_ms: int) -> _Joiner:
+        data, layout = first.plaintext, _layout_or_none(first.plaintext)
+        if layout is None or layout.has_edit_list or not _starts_with_key_frame(layout):
+            data = _remuxed(first, template_init=None, timescale=None)
+            layout = _layout_or_none(data)
+            if layout is None:
+                raise _Unusable("remuxing it did not give a segment that joins")
+        return cls(sink, layout.init(data), layout.track, gap_threshold_ms)
 
     def append(self, segment: OpenedSegment) -> None:
+        # The decrypted bytes as they are: the parser steps over the metadata box.
+        data, layout = segment.plaintext, _layout_or_none(segment.plaintext)
+        if layout is None or not self._fits(data, layout):
+            data = _remuxed(segment, self._init, self._track.timescale)
+            layout = _layout_or_none(data)
+            if layout is None or not self._fits(data, layout):
+                raise _Unusable("remuxing it did not give a segment that joins")
         meta = segment.meta
         if self._previous_last_ms is not None:
             if meta.first_frame_ms - self._previous_last_ms > self._gap_threshold_ms:
                 self._gaps.append(
                     Gap(self._previous_last_ms, meta.first_frame_ms, self._offset_ms())
                 )
-        with _open_segment(segment) as source:
-            stream = source.streams.video[0]
-            in_band = self._parameter_sets_if_changed(stream)
-            scale = Fraction(stream.time_base or self._time_base) / self._time_base
-            rescale = _rescaler(scale)
-            base_dts: int | None = None
-            end = self._offset
-            frame_ticks = self._nominal_frame_ticks(segment)
-            for packet in source.demux(stream):
-                if packet.dts is None or packet.size == 0:
-                    continue  # the demuxer's empty packet at the end of the file
-                if base_dts is None:
-                    base_dts = packet.dts
-                dts = self._offset + rescale(packet.dts - base_dts)
-                pts_in = packet.pts if packet.pts is not None else packet.dts
-                pts = self._offset + rescale(pts_in - base_dts)
-                if self._last_dts is not None and dts <= self._last_dts:
-                    dts = self._last_dts + 1  # never backwards, whatever the input did
-                pts = max(pts, dts)
-                duration = rescale(packet.duration) if packet.duration else frame_ticks
-                if in_band and packet.is_keyframe:
-                    packet = _with_prefix(packet, in_band)
-                    in_band = b""
-                packet.stream = self._stream
-                packet.time_base = self._time_base
-                packet.dts = dts
-                packet.pts = pts
-                packet.duration = duration
-                self._output.mux(packet)
-                self._last_dts = dts
-                end = max(end, dts + duration)
-                self._frames += 1
+        view = memoryview(data)
+        base = layout.fragments[0].decode_time
+        end = self._offset
+        for fragment in layout.fragments:
+            self._sequence += 1
+            decode_time = self._offset + fragment.decode_time - base
+            moof = bytearray(view[fragment.start : fragment.sequence_at + 4])
+            moof[-4:] = self._sequence.to_bytes(4, "big")
+            if fragment.starts_with_sync_sample:
+                self._seek_points.append((decode_time, self._sink.bytes))
+            self._sink.write(bytes(moof))
+            self._sink.write(view[fragment.sequence_at + 4 : fragment.time_at])
+            self._sink.write(decode_time.to_bytes(fragment.time_bytes, "big"))
+            self._sink.write(view[fragment.time_at + fragment.time_bytes : fragment.end])
+            end = max(end, decode_time + fragment.duration)
+            self._frames += fragment.samples
         self._offset = end
         self._segments += 1
         if self._first_frame_ms is None:
@@ -214,7 +249,7 @@ class _Remuxer:
         self._clock_synced = self._clock_synced and meta.clock_synced
 
     def finish(self, skipped: tuple[Skipped, ...]) -> ClipInfo:
-        self._output.close()  # writes the last fragment (and mfra) to the stream
+        self._sink.write(fmp4.mfra(self._track.track_id, self._seek_points))
         assert self._first_frame_ms is not None
         return ClipInfo(
             first_frame_ms=self._first_frame_ms,
@@ -229,30 +264,115 @@ class _Remuxer:
             bytes=self._sink.bytes,
         )
 
+    def _fits(self, data: bytes, layout: fmp4.SegmentLayout) -> bool:
+        """Joins as it is: same track and time scale, starts with a key frame that
+        decoders can start from (the clip's SPS/PPS, or its own in band), and its
+        decode times fit the tfdt fields they go into."""
+        track = layout.track
+        if (track.track_id, track.timescale, track.nal_length_size) != (
+            self._track.track_id,
+            self._track.timescale,
+            self._track.nal_length_size,
+        ):
+            return False
+        first = layout.fragments[0]
+        if not _starts_with_key_frame(layout):
+            return False
+        if track.parameter_sets != self._track.parameter_sets and not (
+            fmp4.has_parameter_sets_in_band(data, first, track)
+        ):
+            return False
+        for fragment in layout.fragments:
+            relative = fragment.decode_time - first.decode_time
+            if relative < 0 or (self._offset + relative) >> (8 * fragment.time_bytes):
+                return False
+        return True
+
     def _offset_ms(self) -> int:
-        return round(self._offset * self._time_base * 1000)
+        return round(self._offset * 1000 / self._track.timescale)
 
-    def _nominal_frame_ticks(self, segment: OpenedSegment) -> int:
-        meta = segment.meta
-        if meta.frame_count > 1 and meta.last_frame_ms > meta.first_frame_ms:
-            frame_s = Fraction(
-                meta.last_frame_ms - meta.first_frame_ms, 1000 * (meta.frame_count - 1)
+
+def _layout_or_none(data: bytes) -> fmp4.SegmentLayout | None:
+    try:
+        return fmp4.parse_segment(data)
+    except fmp4.NotJoinable as reason:
+        log.debug("clip: segment remuxed before joining: %s", reason)
+        return None
+
+
+def _starts_with_key_frame(layout: fmp4.SegmentLayout) -> bool:
+    return layout.fragments[0].starts_with_sync_sample
+
+
+def _remuxed(segment: OpenedSegment, template_init: bytes | None, timescale: int | None) -> bytes:
+    """The segment alone, remuxed by stream copy into the joinable mould.
+
+    With a template (the clip's ftyp + moov) the result has the clip's sample
+    description and time scale, and the segment's own SPS/PPS, if they differ,
+    go in band on its key frames (every H.264 decoder picks them up there).
+    Without one (the clip's first segment) it keeps its own. Times restart at 0.
+    """
+    try:
+        return _remux(segment, template_init, timescale)
+    except (av.error.FFmpegError, ValueError, IndexError) as error:
+        raise _Unusable(f"cannot be remuxed: {error}") from None
+
+
+def _remux(segment: OpenedSegment, template_init: bytes | None, timescale: int | None) -> bytes:
+    buffer = io.BytesIO()
+    with _open_mp4(segment.mp4) as source:
+        stream = source.streams.video[0]
+        template_source = _open_mp4(template_init) if template_init is not None else None
+        try:
+            template = (template_source or source).streams.video[0]
+            extradata = bytes(template.codec_context.extradata or b"")
+            time_base = (
+                Fraction(1, timescale) if timescale else (template.time_base or Fraction(1, 90000))
             )
-        else:
-            frame_s = _FALLBACK_FRAME_S
-        return max(1, round(frame_s / self._time_base))
+            with av.open(buffer, "w", format="mp4", options=dict(REMUX_OPTIONS)) as output:
+                out_stream = output.add_stream_from_template(template)
+                out_stream.time_base = time_base
+                own = bytes(stream.codec_context.extradata or b"")
+                in_band = b""
+                if own and extradata and own != extradata:
+                    in_band = _avcc_to_length_prefixed(own, _avcc_length_size(extradata))
+                rescale = _rescaler(Fraction(stream.time_base or time_base) / time_base)
+                frame_ticks = _nominal_frame_ticks(segment, time_base)
+                base_dts: int | None = None
+                last_dts: int | None = None
+                for packet in source.demux(stream):
+                    if packet.dts is None or packet.size == 0:
+                        continue  # the demuxer's empty packet at the end of the file
+                    if base_dts is None:
+                        base_dts = packet.dts
+                    dts = rescale(packet.dts - base_dts)
+                    pts_in = packet.pts if packet.pts is not None else packet.dts
+                    pts = rescale(pts_in - base_dts)
+                    if last_dts is not None and dts <= last_dts:
+                        dts = last_dts + 1  # never backwards, whatever the input did
+                    duration = rescale(packet.duration) if packet.duration else frame_ticks
+                    if in_band and packet.is_keyframe:
+                        packet = _with_prefix(packet, in_band)
+                    packet.stream = out_stream
+                    packet.time_base = time_base
+                    packet.dts = dts
+                    packet.pts = max(pts, dts)
+                    packet.duration = duration
+                    output.mux(packet)
+                    last_dts = dts
+        finally:
+            if template_source is not None:
+                template_source.close()
+    return buffer.getvalue()
 
-    def _parameter_sets_if_changed(self, stream: av.video.stream.VideoStream) -> bytes:
-        # A later run may have other SPS/PPS (another resolution or encoder). The
-        # clip has one avcC, so carry the new ones in band on the segment's first
-        # key frame, where every H.264 decoder picks them up.
-        extradata = bytes(stream.codec_context.extradata or b"")
-        if not extradata or extradata == self._extradata:
-            return b""
-        if extradata != self._announced_extradata:
-            log.info("clip: H.264 parameters change at a segment boundary; carried in band")
-            self._announced_extradata = extradata
-        return _avcc_to_length_prefixed(extradata, _avcc_length_size(self._extradata))
+
+def _nominal_frame_ticks(segment: OpenedSegment, time_base: Fraction) -> int:
+    meta = segment.meta
+    if meta.frame_count > 1 and meta.last_frame_ms > meta.first_frame_ms:
+        frame_s = Fraction(meta.last_frame_ms - meta.first_frame_ms, 1000 * (meta.frame_count - 1))
+    else:
+        frame_s = _FALLBACK_FRAME_S
+    return max(1, round(frame_s / time_base))
 
 
 def _rescaler(scale: Fraction) -> Callable[[int], int]:
@@ -261,10 +381,8 @@ def _rescaler(scale: Fraction) -> Callable[[int], int]:
     return lambda ticks: round(ticks * scale)
 
 
-def _open_segment(segment: OpenedSegment) -> av.container.InputContainer:
-    return av.open(
-        io.BytesIO(segment.mp4), "r", format="mp4", container_options=SEGMENT_DEMUXER_OPTIONS
-    )
+def _open_mp4(data: bytes) -> av.container.InputContainer:
+    return av.open(io.BytesIO(data), "r", format="mp4", container_options=SEGMENT_DEMUXER_OPTIONS)
 
 
 def _with_prefix(packet: av.Packet, prefix: bytes) -> av.Packet:

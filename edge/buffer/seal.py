@@ -42,7 +42,15 @@ class SealedSegmentError(Exception):
 class OpenedSegment:
     meta: SegmentMeta
     video_bytes: int  # size of the segment's MP4 as recorded (without the metadata box)
-    mp4: bytes  # the segment's MP4 as recorded, metadata box removed
+    plaintext: bytes  # as decrypted: the MP4 with the metadata box after ftyp
+    meta_box: tuple[int, int]  # where that box lies in ``plaintext`` (start, end)
+
+    @property
+    def mp4(self) -> bytes:
+        """The segment's MP4 exactly as recorded (a copy without the metadata box).
+        The clip joiner reads ``plaintext`` instead: MP4 readers skip the box."""
+        start, end = self.meta_box
+        return b"".join((self.plaintext[:start], self.plaintext[end:]))
 
 
 def seal_segment(segment: Segment, recipients: Sequence[x25519.Recipient]) -> bytes:
@@ -72,7 +80,8 @@ def open_sealed(sealed: bytes, identities: Sequence[x25519.Identity]) -> OpenedS
     except (pyrage.DecryptError, OSError) as error:
         # decrypt_io reports a failed payload chunk (bit flip, truncation) as OSError.
         raise SealedSegmentError(f"does not decrypt ({error})") from None
-    plaintext = memoryview(out.getvalue())
+    data = out.getvalue()
+    plaintext = memoryview(data)
     ftyp_end = _first_box_end(plaintext, b"ftyp")
     if ftyp_end is None:
         raise SealedSegmentError("plaintext does not start with an ftyp box")
@@ -83,10 +92,12 @@ def open_sealed(sealed: bytes, identities: Sequence[x25519.Identity]) -> OpenedS
     if plaintext[payload_start : payload_start + 16] != META_BOX_UUID:
         raise SealedSegmentError("the box after ftyp is not our metadata box")
     meta, video_bytes = parse_meta_payload(bytes(plaintext[payload_start + 16 : box_end]))
-    mp4 = b"".join((plaintext[:ftyp_end], plaintext[box_end:]))
-    if len(mp4) != video_bytes:
-        raise SealedSegmentError(f"video is {len(mp4)} bytes but its metadata says {video_bytes}")
-    return OpenedSegment(meta=meta, video_bytes=video_bytes, mp4=mp4)
+    mp4_bytes = len(plaintext) - (box_end - ftyp_end)
+    if mp4_bytes != video_bytes:
+        raise SealedSegmentError(f"video is {mp4_bytes} bytes but its metadata says {video_bytes}")
+    return OpenedSegment(
+        meta=meta, video_bytes=video_bytes, plaintext=data, meta_box=(ftyp_end, box_end)
+    )
 
 
 class _PartsReader(io.RawIOBase):
