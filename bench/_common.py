@@ -33,9 +33,13 @@ def proc_status_mb(field: str) -> float:
 
 
 def cpu_s() -> float:
-    """CPU seconds (user + system) this process has used so far, all its threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds (user + system) this process has used so far, all its threads, plus
+    its children that have ended (the outbox seals in a child process)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def load_text() -> str:

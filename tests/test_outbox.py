@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,18 @@ def test_no_footage_and_deletion(ring_and_outbox) -> None:  # type: ignore[no-un
     outbox.build(6, ring, SPEC.start_ms, SPEC.start_ms + 2000)
     assert outbox.delete_request(5) == 4  # two clips, two notes
     assert outbox.request_ids() == {6}
+
+
+def test_the_sealed_clip_is_private_and_opens_with_the_age_tool(ring_and_outbox) -> None:  # type: ignore[no-untyped-def]
+    # Sealing runs in a child process (beside the build, on another core): what it
+    # writes must be a standard age file for the outbox key, readable by no one else.
+    ring, outbox, data_dir = ring_and_outbox
+    clip = outbox.build(9, ring, SPEC.start_ms, SPEC.start_ms + 3900)
+    assert stat.S_IMODE(clip.path.stat().st_mode) == 0o600
+    key = data_dir / "keys" / "outbox.agekey"
+    opened = subprocess.run(
+        ["age", "-d", "-i", str(key), str(clip.path)], capture_output=True, check=True
+    ).stdout
+    assert hashlib.sha256(opened).hexdigest() == clip.sha256
+    assert decode_frame_numbers(opened) == list(range(0, 40))
+    assert [p.name for p in outbox.dir.iterdir() if p.name.startswith(".")] == []  # no temp left

@@ -33,7 +33,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
 import av
 
@@ -107,7 +107,7 @@ def build_clip(
     ring: SegmentSource,
     start_ms: int,
     end_ms: int,
-    out: BinaryIO,
+    out: IO[bytes],
     *,
     gap_threshold_ms: int = DEFAULT_GAP_THRESHOLD_MS,
 ) -> ClipInfo:
@@ -152,7 +152,7 @@ class _StreamSink:
     """Write-only view of ``out`` that hashes and counts: the clip goes out front to
     back, never seeked."""
 
-    def __init__(self, out: BinaryIO) -> None:
+    def __init__(self, out: IO[bytes]) -> None:
         self._out = out
         self._hash = StreamingSha256("edge-clip-hash")  # on another core, beside decryption
         self.bytes = 0

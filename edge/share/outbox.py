@@ -11,12 +11,16 @@ deleted.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import queue
 import re
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -26,7 +30,7 @@ from typing import BinaryIO
 import pyrage
 from pyrage import x25519
 
-from edge.buffer.clip import SegmentSource, build_clip
+from edge.buffer.clip import ClipInfo, SegmentSource, build_clip
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,19 @@ _CLIP_FILE_RE = re.compile(r"^\d+-\d+-\d+\.mp4\.(age|json)(\.tmp)?$")  # clips, 
 _CHUNK_BYTES = 64 * 1024
 _QUEUE_CHUNKS = 16  # at most 1 MiB of plaintext in flight between threads
 _MAX_NOTE_BYTES = 64 * 1024
+_MAX_SEALER_ERROR_BYTES = 4096
+_PIPE_BYTES = 1 << 20
+# The sealing child (see Outbox._build_sealed): plaintext on stdin, age out on stdout.
+_SEALER = """
+import sys
+import pyrage
+from pyrage import x25519
+try:
+    pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, [x25519.Recipient.from_str(sys.argv[1])])
+    sys.stdout.buffer.flush()
+except Exception as error:
+    sys.exit(f"{type(error).__name__}: {error}")
+"""
 
 
 class OutboxError(Exception):
@@ -156,31 +173,14 @@ class Outbox:
                 return existing
             path = self.dir / f"{request_id}-{start_ms}-{end_ms}.mp4.age"
             temporary = path.with_name(f".{path.name}.tmp")
-            read_fd, write_fd = os.pipe()
-            errors: list[BaseException] = []
-
-            def seal() -> None:
-                try:
-                    with os.fdopen(read_fd, "rb") as plaintext, open(temporary, "wb") as sealed:
-                        pyrage.encrypt_io(plaintext, sealed, [self._recipient])
-                        sealed.flush()
-                        os.fsync(sealed.fileno())
-                except BaseException as exc:  # handed to the building thread below
-                    errors.append(exc)
-
-            sealer = threading.Thread(target=seal, name="edge-outbox-seal", daemon=True)
-            sealer.start()
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
             try:
-                with os.fdopen(write_fd, "wb") as plaintext_out:
-                    info = build_clip(source, start_ms, end_ms, plaintext_out)
+                info = self._build_sealed(source, start_ms, end_ms, fd)
             except BaseException:
-                sealer.join()
                 temporary.unlink(missing_ok=True)
                 raise
-            sealer.join()
-            if errors:
-                temporary.unlink(missing_ok=True)
-                raise OutboxError(f"could not seal the clip: {errors[0]}")
+            finally:
+                os.close(fd)
             clip = OutboxClip(
                 request_id=request_id,
                 start_ms=start_ms,
@@ -206,6 +206,43 @@ class Outbox:
                 clip.sha256[:12],
             )
             return clip
+
+    def _build_sealed(
+        self, source: SegmentSource, start_ms: int, end_ms: int, sealed_fd: int
+    ) -> ClipInfo:
+        """Builds the clip into a child process that seals it into ``sealed_fd``.
+
+        age encryption holds Python's interpreter lock throughout, as does the
+        decryption of the segments the clip is built from; in a child process of
+        its own the sealing runs on another core, beside the build, instead of
+        taking turns with it. The plaintext only passes through a pipe.
+        """
+        sealer = subprocess.Popen(
+            [sys.executable, "-I", "-c", _SEALER, str(self._recipient)],
+            stdin=subprocess.PIPE,
+            stdout=sealed_fd,
+            stderr=subprocess.PIPE,
+        )
+        assert sealer.stdin is not None and sealer.stderr is not None
+        with contextlib.suppress(OSError):  # fewer wake-ups: a 1 MiB pipe (Linux's usual cap)
+            fcntl.fcntl(sealer.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        info: ClipInfo | None = None
+        try:
+            with sealer.stdin as plaintext_out:
+                info = build_clip(source, start_ms, end_ms, plaintext_out)
+        except BrokenPipeError:
+            pass  # the sealer stopped early: its exit status and message say why
+        except BaseException:
+            sealer.kill()
+            sealer.wait()
+            sealer.stderr.close()
+            raise
+        problem = sealer.stderr.read(_MAX_SEALER_ERROR_BYTES).decode(errors="replace").strip()
+        sealer.stderr.close()
+        if sealer.wait() != 0 or info is None:
+            raise OutboxError(f"could not seal the clip: {problem or f'exit {sealer.returncode}'}")
+        os.fsync(sealed_fd)
+        return info
 
     # -- reading -----------------------------------------------------------------------
 
