@@ -27,6 +27,7 @@ straight on) and listed in ``ClipInfo.gaps``, with where in the clip it falls.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import struct
@@ -38,7 +39,6 @@ from typing import IO, Protocol
 import av
 
 from edge.buffer import fmp4
-from edge.buffer.hashing import StreamingSha256
 from edge.buffer.index import SegmentRecord
 from edge.buffer.ring import SegmentUnavailable
 from edge.buffer.seal import OpenedSegment
@@ -68,7 +68,9 @@ class SegmentSource(Protocol):
 
     def overlapping(self, start_ms: int, end_ms: int) -> list[SegmentRecord]: ...
 
-    def open_segment(self, record: SegmentRecord) -> OpenedSegment: ...
+    def open_segment(
+        self, record: SegmentRecord, *, meanwhile: Callable[[], object] | None = None
+    ) -> OpenedSegment: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +130,9 @@ def build_clip(
     try:
         for record in records:
             try:
-                opened = ring.open_segment(record)
+                # The output so far is hashed while the segment decrypts: hashlib
+                # lets go of Python's lock, pyrage does not, so the two overlap.
+                opened = ring.open_segment(record, meanwhile=sink.hash_pending)
                 if joiner is None:
                     joiner = _Joiner.start(sink, opened, gap_threshold_ms)
                 joiner.append(opened)
@@ -150,24 +154,32 @@ def build_clip(
 
 class _StreamSink:
     """Write-only view of ``out`` that hashes and counts: the clip goes out front to
-    back, never seeked."""
+    back, never seeked. Hashing waits for ``hash_pending`` (at most a segment's
+    worth: bytes and views of bytes never change)."""
 
     def __init__(self, out: IO[bytes]) -> None:
         self._out = out
-        self._hash = StreamingSha256("edge-clip-hash")  # on another core, beside decryption
+        self._hash = hashlib.sha256()
+        self._unhashed: list[bytes | memoryview] = []
         self.bytes = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self._out.write(data)
-        self._hash.update(data)
+        self._unhashed.append(data)
         self.bytes += len(data)
         return len(data)
 
+    def hash_pending(self) -> None:
+        for data in self._unhashed:
+            self._hash.update(data)
+        self._unhashed.clear()
+
     def hexdigest(self) -> str:
+        self.hash_pending()
         return self._hash.hexdigest()
 
     def close(self) -> None:
-        self._hash.close()
+        self._unhashed.clear()
 
 
 class _Unusable(Exception):

@@ -42,7 +42,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edge.buffer.hashing import HashWorker
 from edge.buffer.index import IndexError_, Pin, SegmentIndex, SegmentRecord
 from edge.buffer.seal import (
     MAX_SEGMENT_BYTES,
@@ -52,6 +51,7 @@ from edge.buffer.seal import (
     seal_segment,
 )
 from edge.buffer.segment import Segment, SegmentMeta
+from edge.buffer.worker import Worker
 from edge.clock import Clock
 from edge.keys import (
     KeyFileError,
@@ -187,7 +187,7 @@ class RingReader:
         self._lock = threading.Lock()
         self._closed = False
         # Decrypts (readers) or hashes (the writer) beside the thread that asked.
-        self._worker = HashWorker("edge-ring-worker")
+        self._worker = Worker("edge-ring-worker")
 
     @classmethod
     def open(
@@ -226,9 +226,13 @@ class RingReader:
             index = self._open_index()
             return [] if index is None else index.overlapping(start_ms, end_ms)
 
-    def open_segment(self, record: SegmentRecord) -> OpenedSegment:
+    def open_segment(
+        self, record: SegmentRecord, *, meanwhile: Callable[[], object] | None = None
+    ) -> OpenedSegment:
         """Read, check and decrypt one listed segment, in memory.
 
+        ``meanwhile``: work for the calling thread while the segment decrypts on
+        the worker (the clip builder hashes what it has written so far).
         Raises SegmentDamaged (logged as a warning) if the file or its row were
         altered, SegmentGone if the file was evicted since it was listed.
         """
@@ -257,6 +261,8 @@ class RingReader:
         except KeyFileError as error:
             problem = f"its storage key is not available: {error}"
         digest = hashlib.sha256(sealed).digest()
+        if meanwhile is not None:
+            meanwhile()
         opened: OpenedSegment | None = None
         if decrypted is not None:
             try:

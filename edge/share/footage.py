@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from edge.buffer.index import SegmentRecord
 from edge.buffer.ring import RingReader
 from edge.buffer.seal import OpenedSegment
@@ -19,8 +21,10 @@ class RingFootage:
     def overlapping(self, start_ms: int, end_ms: int) -> list[SegmentRecord]:
         return self._ring.overlapping(start_ms, end_ms)
 
-    def open_segment(self, record: SegmentRecord) -> OpenedSegment:
-        return self._ring.open_segment(record)
+    def open_segment(
+        self, record: SegmentRecord, *, meanwhile: Callable[[], object] | None = None
+    ) -> OpenedSegment:
+        return self._ring.open_segment(record, meanwhile=meanwhile)
 
     def footage_ms(self, start_ms: int, end_ms: int, *, synced_only: bool) -> int:
         """Milliseconds of [start_ms, end_ms] covered by segments (at least 1 per segment)."""
