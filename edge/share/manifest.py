@@ -10,8 +10,9 @@ uploaded (size and SHA-256).
 Nothing here writes plaintext anywhere: ``encrypt_clip`` streams plaintext in
 and ciphertext out; ``digest_clip`` only reads. The clip builder pushes its
 output (``build_clip(..., out)``) while age pulls its input, so
-``encrypt_clip_written_by`` and ``open_sealed_clip_at`` join the two through an
-OS pipe (kernel memory, never a file) and a named thread.
+``encrypt_clip_written_by`` joins the two through an OS pipe (kernel memory,
+never a file) and a named thread; ``open_sealed_clip_at`` reads what a child
+process decrypts (edge/share/agechild.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from edge.share import agechild
 from edge.share.jws import b64url_encode, sign_compact
 
 log = logging.getLogger(__name__)
@@ -206,20 +208,12 @@ def open_sealed_clip_at(
 ) -> IO[bytes]:
     """The plaintext of an age-sealed clip file from ``offset`` on, decrypted as it
     is read (an upload resumed at the server's offset decrypts and drops the bytes
-    before it). A clip that does not open raises ``ValueError`` when read."""
+    before it). A clip that does not open raises ``ValueError`` when its end is read."""
     if offset < 0:
         raise ValueError("offset must not be negative")
 
-    def decrypt(sink: BinaryIO) -> None:
-        with path.open("rb") as sealed:
-            try:
-                pyrage.decrypt_io(sealed, sink, list(identities))
-            except pyrage.DecryptError as error:
-                raise ValueError(f"the sealed clip {path.name} does not open: {error}") from None
-
-    stream = io.BufferedReader(
-        _ProducerPipe(decrypt, thread_name="clip-unsealer"), _READ_BLOCK_BYTES
-    )
+    # Decrypted in a child process: on another core than the upload that reads it.
+    stream = agechild.open_unsealed(path, list(identities))
     try:
         left = offset
         while left:

@@ -11,26 +11,21 @@ deleted.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
-import queue
 import re
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import pyrage
 from pyrage import x25519
 
 from edge.buffer.clip import ClipInfo, SegmentSource, build_clip
+from edge.share import agechild
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +33,7 @@ OUTBOX_KEY_NAME = "outbox.agekey"
 _CLIP_RE = re.compile(r"^(\d+)-(\d+)-(\d+)\.mp4\.age$")
 _CLIP_FILE_RE = re.compile(r"^\d+-\d+-\d+\.mp4\.(age|json)(\.tmp)?$")  # clips, notes
 _CHUNK_BYTES = 64 * 1024
-_QUEUE_CHUNKS = 16  # at most 1 MiB of plaintext in flight between threads
 _MAX_NOTE_BYTES = 64 * 1024
-_MAX_SEALER_ERROR_BYTES = 4096
-_PIPE_BYTES = 1 << 20
-# The sealing child (see Outbox._build_sealed): plaintext on stdin, age out on stdout.
-_SEALER = """
-import sys
-import pyrage
-from pyrage import x25519
-try:
-    pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, [x25519.Recipient.from_str(sys.argv[1])])
-    sys.stdout.buffer.flush()
-except Exception as error:
-    sys.exit(f"{type(error).__name__}: {error}")
-"""
 
 
 class OutboxError(Exception):
@@ -103,28 +84,6 @@ def _load_or_create_identity(keys_dir: Path) -> x25519.Identity:
         return x25519.Identity.from_str(text)
     except Exception as exc:  # pyrage raises its own IdentityError types
         raise OutboxError(f"{path} is not an age identity: {exc}") from None
-
-
-class _Chunks:
-    """A file-like writer that hands chunks to a bounded queue (for decrypt_io)."""
-
-    def __init__(self, chunks: queue.Queue[bytes | BaseException | None], cancel: threading.Event):
-        self._chunks = chunks
-        self._cancel = cancel
-
-    def write(self, data: bytes) -> int:
-        if self._cancel.is_set():
-            raise OSError("reader went away")
-        while True:
-            try:
-                self._chunks.put(bytes(data), timeout=0.5)
-                return len(data)
-            except queue.Full:
-                if self._cancel.is_set():
-                    raise OSError("reader went away") from None
-
-    def flush(self) -> None:
-        pass
 
 
 class Outbox:
@@ -217,30 +176,19 @@ class Outbox:
         its own the sealing runs on another core, beside the build, instead of
         taking turns with it. The plaintext only passes through a pipe.
         """
-        sealer = subprocess.Popen(
-            [sys.executable, "-I", "-c", _SEALER, str(self._recipient)],
-            stdin=subprocess.PIPE,
-            stdout=sealed_fd,
-            stderr=subprocess.PIPE,
-        )
-        assert sealer.stdin is not None and sealer.stderr is not None
-        with contextlib.suppress(OSError):  # fewer wake-ups: a 1 MiB pipe (Linux's usual cap)
-            fcntl.fcntl(sealer.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
-        info: ClipInfo | None = None
+        sealer = agechild.Sealer(self._recipient, sealed_fd)
         try:
-            with sealer.stdin as plaintext_out:
-                info = build_clip(source, start_ms, end_ms, plaintext_out)
-        except BrokenPipeError:
-            pass  # the sealer stopped early: its exit status and message say why
+            try:
+                info = build_clip(source, start_ms, end_ms, sealer.stdin)
+            except BrokenPipeError:
+                sealer.finish()  # the sealer stopped early: raises with its reason
+                raise
+            sealer.finish()
+        except agechild.AgeChildError as error:
+            raise OutboxError(str(error)) from None
         except BaseException:
-            sealer.kill()
-            sealer.wait()
-            sealer.stderr.close()
+            sealer.abort()
             raise
-        problem = sealer.stderr.read(_MAX_SEALER_ERROR_BYTES).decode(errors="replace").strip()
-        sealer.stderr.close()
-        if sealer.wait() != 0 or info is None:
-            raise OutboxError(f"could not seal the clip: {problem or f'exit {sealer.returncode}'}")
         os.fsync(sealed_fd)
         return info
 
@@ -250,44 +198,21 @@ class Outbox:
         """The plaintext MP4, decrypted chunk by chunk as it is read; nothing written to disk.
 
         The bytes are checked against the clip's SHA-256 at the end: a clip that
-        changed on disk raises OutboxError instead of finishing quietly.
+        changed on disk raises OutboxError instead of finishing quietly. Closing
+        the iterator early ends the decryption.
         """
-        chunks: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=_QUEUE_CHUNKS)
-        cancel = threading.Event()
-
-        def decrypt() -> None:
-            try:
-                with open(clip.path, "rb") as sealed:
-                    pyrage.decrypt_io(sealed, _Chunks(chunks, cancel), [self._identity])
-                outcome: BaseException | None = None
-            except BaseException as exc:  # handed to the reading thread
-                outcome = exc
-            while not cancel.is_set():
-                try:
-                    chunks.put(outcome, timeout=0.5)
-                    return
-                except queue.Full:
-                    continue
-
-        worker = threading.Thread(target=decrypt, name="edge-outbox-open", daemon=True)
-        worker.start()
         digest = hashlib.sha256()
         size = 0
         try:
-            while True:
-                item = chunks.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise OutboxError(f"cannot open the sealed clip: {item}")
-                digest.update(item)
-                size += len(item)
-                yield item
-            if digest.hexdigest() != clip.sha256 or size != clip.size_bytes:
-                raise OutboxError("the sealed clip on disk is not the clip that was made")
-        finally:
-            cancel.set()
-            worker.join(timeout=5)
+            with agechild.open_unsealed(clip.path, [self._identity]) as plaintext:
+                while chunk := plaintext.read(_CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    yield chunk
+        except agechild.AgeChildError as error:
+            raise OutboxError(f"cannot open the sealed clip: {error}") from None
+        if digest.hexdigest() != clip.sha256 or size != clip.size_bytes:
+            raise OutboxError("the sealed clip on disk is not the clip that was made")
 
     def copy_plaintext(self, clip: OutboxClip, out: BinaryIO) -> None:
         for chunk in self.open_plaintext(clip):
