@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
@@ -347,7 +346,7 @@ def _remux(segment: OpenedSegment, template_init: bytes | None, timescale: int |
                 own = bytes(stream.codec_context.extradata or b"")
                 in_band = b""
                 if own and extradata and own != extradata:
-                    in_band = _avcc_to_length_prefixed(own, _avcc_length_size(extradata))
+                    in_band = _in_band_parameter_sets(own, extradata)
                 rescale = _rescaler(Fraction(stream.time_base or time_base) / time_base)
                 frame_ticks = _nominal_frame_ticks(segment, time_base)
                 base_dts: int | None = None
@@ -403,26 +402,12 @@ def _with_prefix(packet: av.Packet, prefix: bytes) -> av.Packet:
     return replacement
 
 
-def _avcc_length_size(avcc: bytes) -> int:
-    if len(avcc) >= 5 and avcc[0] == 1:
-        return (avcc[4] & 0x03) + 1
-    return 4
-
-
-def _avcc_to_length_prefixed(avcc: bytes, length_size: int) -> bytes:
-    """SPS and PPS NAL units of an avcC record, each prefixed with its length."""
-    if len(avcc) < 7 or avcc[0] != 1:
-        return b""  # Annex B extradata: nothing we can safely convert
-    units: list[bytes] = []
-    offset = 5
+def _in_band_parameter_sets(avcc: bytes, clip_avcc: bytes) -> bytes:
+    """The SPS and PPS of ``avcc``, each prefixed with its length as the clip's samples
+    are (nothing if either record is not an avcC one: Annex B extradata)."""
     try:
-        for count_mask in (0x1F, 0xFF):  # SPS count (5 bits), then PPS count
-            count = avcc[offset] & count_mask
-            offset += 1
-            for _ in range(count):
-                (size,) = struct.unpack_from(">H", avcc, offset)
-                units.append(avcc[offset + 2 : offset + 2 + size])
-                offset += 2 + size
-    except (IndexError, struct.error):
+        units, _ = fmp4.avcc_units(avcc)
+        _, length_size = fmp4.avcc_units(clip_avcc)
+    except fmp4.NotJoinable:
         return b""
     return b"".join(len(unit).to_bytes(length_size, "big") + unit for unit in units)

@@ -149,7 +149,15 @@ def mfra(track_id: int, seek_points: list[tuple[int, int]]) -> bytes:
 
 
 def avcc_parameter_sets(avcc: bytes | memoryview) -> tuple[tuple[bytes, ...], int]:
-    """(SPS and PPS NAL units, NAL length size) of an avcC record."""
+    """(SPS and PPS NAL units, NAL length size) of an avcC record, to compare: muxers
+    differ on a trailing zero byte (from the Annex B stream a unit was cut out of),
+    which is not part of the unit's meaning."""
+    units, length_size = avcc_units(avcc)
+    return tuple(unit.rstrip(b"\0") for unit in units), length_size
+
+
+def avcc_units(avcc: bytes | memoryview) -> tuple[tuple[bytes, ...], int]:
+    """(SPS and PPS NAL units as stored, NAL length size) of an avcC record."""
     record = bytes(avcc)
     if len(record) < 7 or record[0] != 1:
         raise NotJoinable("avcC is not a version 1 record")
@@ -164,9 +172,7 @@ def avcc_parameter_sets(avcc: bytes | memoryview) -> tuple[tuple[bytes, ...], in
                 (size,) = struct.unpack_from(">H", record, offset)
                 if offset + 2 + size > len(record):
                     raise NotJoinable("avcC parameter set overruns the record")
-                # Muxers differ on a trailing zero byte (from the Annex B stream it was
-                # cut out of); it is not part of the NAL unit's meaning.
-                units.append(record[offset + 2 : offset + 2 + size].rstrip(b"\0"))
+                units.append(record[offset + 2 : offset + 2 + size])
                 offset += 2 + size
     except (IndexError, struct.error):
         raise NotJoinable("avcC is truncated") from None
