@@ -552,6 +552,13 @@ def _join_judge(result: dict[str, Any], published_s: dict[str, list[Any]]) -> No
         at_s - published_s[jti][0] for jti, at_s in (pending | not_matching).items()
         if jti in published_s
     ]
+    # (seconds into the flood it was published, latency): when the slow ones happen.
+    first_s = min(at_s for at_s, _ in published_s.values())
+    result["timeline_s"] = sorted(
+        (published_s[jti][0] - first_s, at_s - published_s[jti][0])
+        for jti, at_s in (pending | not_matching).items()
+        if jti in published_s
+    )
     result["pending_not_sent_as_matching"] = len(set(pending) - matching_sent)
     result["matching_not_pending"] = len(matching_sent - set(pending))
 
@@ -629,6 +636,12 @@ def _report_judge(r: dict[str, Any]) -> None:
     print(f"judge: camera process CPU {r['cpu_fraction_recording_alone']:.0%} of one core "
           f"recording alone, {r['cpu_fraction']:.0%} during the flood; RSS "
           f"{r['rss_before_flood_mb']:.0f} MB before the flood, peak {r['max_rss_mb']:.0f} MB")
+    by_second: dict[int, list[float]] = {}
+    for published_at_s, latency_s in r["timeline_s"]:
+        by_second.setdefault(int(published_at_s), []).append(latency_s)
+    print("judge: p99 publish -> stored, ms, by second of the flood (a queue climbs, a stall "
+          "spikes): " + " ".join(f"{percentile(v, .99) * 1e3:.0f}" for _, v in
+                                 sorted(by_second.items())))
     quiet, flood = r["threads_quiet"], r["threads_flood"]
     names = sorted(set(quiet) | set(flood), key=lambda n: -flood.get(n, 0))
     print("judge: CPU per thread, % of one core (recording alone -> flood): " + ", ".join(
