@@ -152,6 +152,7 @@ class _SealedSegment:
     video_bytes: int
     sealed: bytes
     key_id: str
+    waited_for: bool  # by put, which raises its own error; a submit's goes to the next one
     stored: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
 
@@ -459,7 +460,7 @@ class Ring(RingReader):
         A full disk never stops recording: the oldest segments go at once. Only if
         nothing at all can be evicted is the segment dropped (logged, counted).
         """
-        sealed = self._seal_and_queue(segment)
+        sealed = self._seal_and_queue(segment, waited_for=True)
         sealed.stored.wait()
         if sealed.error is not None:
             raise sealed.error
@@ -471,7 +472,7 @@ class Ring(RingReader):
         segment submitted earlier could not be stored, raises that error here,
         once: the caller (the recorder) then stops as it would have on ``put``.
         """
-        self._seal_and_queue(segment)
+        self._seal_and_queue(segment, waited_for=False)
 
     def flush(self) -> None:
         """Waits until everything submitted so far is stored (or has failed)."""
@@ -483,7 +484,7 @@ class Ring(RingReader):
             self._store_queue.put(reached)
         reached.wait()
 
-    def _seal_and_queue(self, segment: Segment) -> _SealedSegment:
+    def _seal_and_queue(self, segment: Segment, *, waited_for: bool) -> _SealedSegment:
         meta = segment.meta
         if meta.last_frame_ms < meta.first_frame_ms or meta.frame_count <= 0:
             raise ValueError(f"segment metadata is inconsistent: {meta}")
@@ -498,6 +499,7 @@ class Ring(RingReader):
                 video_bytes=len(segment.mp4),
                 sealed=seal_segment(segment, [key.recipient, *self._owners]),
                 key_id=key.key_id,
+                waited_for=waited_for,
             )
             if self._store_thread is None:
                 self._store_thread = threading.Thread(
@@ -523,7 +525,8 @@ class Ring(RingReader):
             except BaseException as error:
                 log.error("could not store a segment (%s): %s", _describe_meta(sealed.meta), error)
                 sealed.error = error
-                self._store_error = error
+                if not sealed.waited_for:
+                    self._store_error = error
             finally:
                 sealed.stored.set()
 
