@@ -41,16 +41,10 @@ from edge.buffer import fmp4
 from edge.buffer.index import SegmentRecord
 from edge.buffer.ring import SegmentUnavailable
 from edge.buffer.seal import OpenedSegment
+from edge.buffer.segmenter import MUXER_OPTIONS as SEGMENTER_MUXER_OPTIONS
 
 log = logging.getLogger(__name__)
 
-# For a segment remuxed into the joinable mould: what the segmenter uses (a
-# fragment per key frame, decode times as given, no edit list).
-REMUX_OPTIONS = {
-    "movflags": "frag_keyframe+empty_moov+default_base_moof+frag_discont",
-    "use_editlist": "0",
-    "avoid_negative_ts": "disabled",
-}
 # The segment's avcC already says what the stream is: skip ffmpeg's probing, which
 # would decode frames to guess a frame rate (most of the cost of opening one).
 SEGMENT_DEMUXER_OPTIONS = {"analyzeduration": "0", "fpsprobesize": "0"}
@@ -340,7 +334,9 @@ def _remux(segment: OpenedSegment, template_init: bytes | None, timescale: int |
             time_base = (
                 Fraction(1, timescale) if timescale else (template.time_base or Fraction(1, 90000))
             )
-            with av.open(buffer, "w", format="mp4", options=dict(REMUX_OPTIONS)) as output:
+            # The segmenter's own muxer settings give the joinable mould.
+            options = dict(SEGMENTER_MUXER_OPTIONS)
+            with av.open(buffer, "w", format="mp4", options=options) as output:
                 out_stream = output.add_stream_from_template(template)
                 out_stream.time_base = time_base
                 own = bytes(stream.codec_context.extradata or b"")
