@@ -117,14 +117,18 @@ class _ChildOutput(io.RawIOBase):
         self._process = process
         self._fd = process.stdout.fileno()
         self._failure = failure
+        self._ended = False  # the child has been reaped: later reads are at the end too
         _widen(self._fd)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: Any) -> int:
+        if self._ended:
+            return 0
         data = os.read(self._fd, len(buffer))
         if not data:
+            self._ended = True
             _wait(self._process, self._failure)
         buffer[: len(data)] = data
         return len(data)
@@ -141,8 +145,10 @@ def _widen(fd: int) -> None:
 
 
 def _wait(process: subprocess.Popen[bytes], failure: str) -> None:
+    """Reaps the child; raises its message if it failed."""
     assert process.stderr is not None
     problem = process.stderr.read(_MAX_ERROR_BYTES).decode(errors="replace").strip()
+    process.stderr.close()
     if process.wait() != 0:
         raise AgeChildError(f"{failure}: {problem or f'exit status {process.returncode}'}")
 

@@ -177,18 +177,20 @@ class Outbox:
         taking turns with it. The plaintext only passes through a pipe.
         """
         sealer = agechild.Sealer(self._recipient, sealed_fd)
+        info: ClipInfo | None = None
         try:
-            try:
-                info = build_clip(source, start_ms, end_ms, sealer.stdin)
-            except BrokenPipeError:
-                sealer.finish()  # the sealer stopped early: raises with its reason
-                raise
-            sealer.finish()
-        except agechild.AgeChildError as error:
-            raise OutboxError(str(error)) from None
+            info = build_clip(source, start_ms, end_ms, sealer.stdin)
+        except BrokenPipeError:
+            pass  # the sealer stopped early: finish() says why
         except BaseException:
             sealer.abort()
             raise
+        try:
+            sealer.finish()
+        except agechild.AgeChildError as error:
+            raise OutboxError(str(error)) from None
+        if info is None:
+            raise OutboxError("could not seal the clip: the sealer stopped early")
         os.fsync(sealed_fd)
         return info
 
