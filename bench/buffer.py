@@ -375,7 +375,7 @@ def bench_sealing_cpu(segment_bytes: int, bitrate_mbps: float) -> None:
     aes = AESGCM(AESGCM.generate_key(bit_length=256))
     nonce = b"\0" * 12
 
-    def whole_bytes() -> None:  # what seal_segment did first: join, then pyrage.encrypt
+    def whole_bytes() -> None:  # what seal_segment used before agefile.py: pyrage
         pyrage.encrypt(data, [recipient])
 
     candidates: dict[str, Callable[[], object]] = {
@@ -405,8 +405,8 @@ def bench_sealing_cpu(segment_bytes: int, bitrate_mbps: float) -> None:
         f"AES-256-GCM {aes_mb_s:.0f} MB/s"
     )
     print(
-        f"  (seal_segment streams into pyrage.encrypt_io; pyrage.encrypt on whole bytes: "
-        f"{whole_mb_s:.0f} MB/s)"
+        f"  (seal_segment writes age with OpenSSL's ChaCha20-Poly1305, edge/buffer/agefile.py;"
+        f" pyrage.encrypt of the same bytes: {whole_mb_s:.0f} MB/s)"
     )
     print(
         f"  one hour at {bitrate_mbps:g} Mbit/s = {hour_mb:.0f} MB: {per_hour_s:.1f} CPU s "

@@ -150,7 +150,7 @@ class _SealedSegment:
 
     meta: SegmentMeta
     video_bytes: int
-    sealed: bytes
+    sealed: bytes | bytearray
     key_id: str
     waited_for: bool  # by put, which raises its own error; a submit's goes to the next one
     stored: threading.Event = field(default_factory=threading.Event)
@@ -720,8 +720,10 @@ class Ring(RingReader):
         victims: list[SegmentRecord] = []
         freed = 0
         after_row_id = 0
+        batch_rows = 2  # usually none or one goes: read few rows, more as they do
         try:
-            while batch := index.oldest(after_row_id, _EVICTION_BATCH):
+            while batch := index.oldest(after_row_id, batch_rows):
+                batch_rows = min(batch_rows * 4, _EVICTION_BATCH)
                 for record in batch:
                     after_row_id = record.row_id
                     if not include_pinned and self._is_pinned(record):
@@ -755,7 +757,7 @@ class Ring(RingReader):
     def _is_pinned(self, record: SegmentRecord) -> bool:
         return any(pin.covers(record) for pin in self._totals.pins)
 
-    def _store_file(self, file_name: str, sealed: bytes) -> bool:
+    def _store_file(self, file_name: str, sealed: bytes | bytearray) -> bool:
         for _ in range(_MAX_STORE_ATTEMPTS):
             try:
                 _write_durably(self.segments_dir, file_name, sealed)
@@ -787,7 +789,7 @@ class RingFeed:
         self._ring.submit(segment)
 
 
-def _write_durably(directory: Path, file_name: str, data: bytes) -> None:
+def _write_durably(directory: Path, file_name: str, data: bytes | bytearray) -> None:
     """Temp name, write, fsync, rename, fsync the directory: all or nothing on disk."""
     tmp = directory / f"{_TMP_PREFIX}{file_name}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)

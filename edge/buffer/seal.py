@@ -1,4 +1,4 @@
-"""Sealing segments with age (age-encryption.org/v1, X25519 recipients, via pyrage).
+"""Sealing segments with age (age-encryption.org/v1, X25519 recipients).
 
 The sealed plaintext is the segment's own fragmented MP4 with one extra top-level
 box right after ``ftyp``: a ``uuid`` box holding the segment's metadata as JSON.
@@ -22,6 +22,7 @@ from typing import TypeVar
 import pyrage
 from pyrage import x25519
 
+from edge.buffer import agefile
 from edge.buffer.segment import Segment, SegmentMeta
 
 # uuid box type for our metadata (random, fixed forever: readers look for it).
@@ -53,7 +54,7 @@ class OpenedSegment:
         return b"".join((self.plaintext[:start], self.plaintext[end:]))
 
 
-def seal_segment(segment: Segment, recipients: Sequence[x25519.Recipient]) -> bytes:
+def seal_segment(segment: Segment, recipients: Sequence[x25519.Recipient]) -> bytearray:
     """Seal one segment (metadata box inserted after ``ftyp``) to all the recipients."""
     if not recipients:
         raise ValueError("at least one recipient is needed")
@@ -64,12 +65,10 @@ def seal_segment(segment: Segment, recipients: Sequence[x25519.Recipient]) -> by
     if ftyp_end is None:
         raise ValueError("segment does not start with an ftyp box: not a fragmented MP4")
     view = memoryview(mp4)
-    plaintext = _PartsReader((view[:ftyp_end], meta_box(segment.meta, len(mp4)), view[ftyp_end:]))
-    sealed = io.BytesIO()
-    # The parts are streamed in rather than joined into one more copy of the
-    # segment; same age v1 output as pyrage.encrypt (bench/buffer.py compares them).
-    pyrage.encrypt_io(plaintext, sealed, list(recipients))
-    return sealed.getvalue()
+    parts = (view[:ftyp_end], meta_box(segment.meta, len(mp4)), view[ftyp_end:])
+    # Sealed straight from the parts, never joined into one more copy of the
+    # plaintext; edge/buffer/agefile.py says why not pyrage here.
+    return agefile.encrypt(parts, [str(recipient) for recipient in recipients])
 
 
 def open_sealed(sealed: bytes, identities: Sequence[x25519.Identity]) -> OpenedSegment:
@@ -98,29 +97,6 @@ def open_sealed(sealed: bytes, identities: Sequence[x25519.Identity]) -> OpenedS
     return OpenedSegment(
         meta=meta, video_bytes=video_bytes, plaintext=data, meta_box=(ftyp_end, box_end)
     )
-
-
-class _PartsReader(io.RawIOBase):
-    """Reads several buffers as one stream, without joining them into a new one."""
-
-    def __init__(self, parts: Sequence[bytes | memoryview]) -> None:
-        super().__init__()
-        self._parts = [memoryview(part) for part in parts]
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        target = memoryview(buffer).cast("B")
-        while self._parts and not len(self._parts[0]):
-            self._parts.pop(0)
-        if not self._parts:
-            return 0
-        part = self._parts[0]
-        count = min(len(target), len(part))
-        target[:count] = part[:count]
-        self._parts[0] = part[count:]
-        return count
 
 
 def meta_box(meta: SegmentMeta, video_bytes: int) -> bytes:

@@ -25,7 +25,7 @@ class Worker:
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
 
-    def sha256(self, data: bytes | memoryview) -> Future[bytes]:
+    def sha256(self, data: bytes | bytearray | memoryview) -> Future[bytes]:
         return self.submit(lambda: hashlib.sha256(data).digest())
 
     def close(self) -> None:
