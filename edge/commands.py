@@ -5,6 +5,7 @@ are raised as ``UserError`` and shown by the CLI as one line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -173,6 +174,7 @@ def export(config: Config, start_text: str, end_text: str, output: Path) -> int:
     from edge.buffer.clip import NoFootage, build_clip
     from edge.units import format_rfc3339_ms
 
+    _yield_to_recording()
     now_ms = _now_ms()
     start_ms = _time_arg(start_text, "--start", now_ms)
     end_ms = _time_arg(end_text, "--end", now_ms)
@@ -299,6 +301,7 @@ def approve(
     from edge.share.review import ClipError, DecisionError
     from edge.units import format_rfc3339_ms
 
+    _yield_to_recording()
     local_id = _local_id(request_id)
     now_ms = _now_ms()
     start_ms = _time_arg(start, "--start", now_ms) if start else None
@@ -360,3 +363,10 @@ def audit_verify(config: Config, head: str | None) -> int:
         return 0
     print(f"edge: audit log: {result.summary()}", file=sys.stderr)
     return 1
+
+
+def _yield_to_recording() -> None:
+    """This command decrypts and builds a clip beside a daemon that records on the
+    same few cores: it runs at a lower priority (nice +10), so recording comes first."""
+    with contextlib.suppress(OSError):
+        os.nice(10)

@@ -76,6 +76,20 @@ def test_keys_go_on_stdin_not_the_command_line(tmp_path: Path) -> None:
         assert plaintext.read() == b"x" * 10
 
 
+def test_the_child_runs_at_a_lower_priority_than_the_recording(tmp_path: Path) -> None:
+    identity = x25519.Identity.generate()
+    path = seal_with_child(tmp_path, os.urandom(4_000_000), identity.to_public())
+    with agechild.open_unsealed(path, [identity]) as plaintext:
+        # The child has set its priority once it writes: it is then blocked on the
+        # full pipe, alive, until this reader goes on.
+        assert len(plaintext.read(1)) == 1
+        process = plaintext.raw._process  # type: ignore[attr-defined]
+        stat = Path(f"/proc/{process.pid}/stat").read_text()
+        child_nice = int(stat.rsplit(")", 1)[1].split()[16])  # field 19: nice
+        assert child_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+        plaintext.read()
+
+
 def test_a_sealer_that_cannot_write_reports_why(tmp_path: Path) -> None:
     # /dev/full: every write fails with ENOSPC, as a full disk would.
     fd = os.open("/dev/full", os.O_WRONLY)

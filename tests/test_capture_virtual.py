@@ -13,7 +13,7 @@ import pytest
 from edge.capture import open_source
 from edge.capture.timestrip import read_strip
 from edge.capture.types import RawFrame
-from edge.capture.virtual import VirtualCamera
+from edge.capture.virtual import DRIVER_BUFFERS, VirtualCamera
 from edge.clock import ManualClock, SystemClock
 from videotools import expected_ms
 
@@ -66,17 +66,34 @@ def test_waits_for_the_scheduled_time_of_each_frame() -> None:
     assert (frame.sequence, frame.capture_time_ms) == (1, T0_MS + 40)
 
 
-def test_a_late_reader_skips_frames_and_counts_them(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_late_reader_loses_what_the_driver_buffers_could_not_hold(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = ManualClock(T0_MS)
     camera = VirtualCamera(320, 180, 10, clock)
     camera.start()
     read_frame(camera)
     clock.advance_ms(1000)  # frames 1..10 are due; the reader was away
     with caplog.at_level(logging.WARNING):
-        frame = read_frame(camera)
-    assert frame.sequence == 10 and frame.capture_time_ms == T0_MS + 1000
-    assert camera.dropped_frames == 9
+        late = [read_frame(camera) for _ in range(DRIVER_BUFFERS)]
+    # The newest frames the driver's buffers held come out at once, with their own times.
+    first_kept = 11 - DRIVER_BUFFERS
+    assert [f.sequence for f in late] == list(range(first_kept, 11))
+    assert [f.capture_time_ms for f in late] == [T0_MS + 100 * n for n in range(first_kept, 11)]
+    assert camera.dropped_frames == first_kept - 1
     assert "skipped" in caplog.text
+    assert camera.read(timeout_s=0.01) is None, "caught up: frame 11 is not due yet"
+
+
+def test_a_reader_late_by_less_than_the_driver_buffers_loses_nothing() -> None:
+    clock = ManualClock(T0_MS)
+    camera = VirtualCamera(320, 180, 10, clock)
+    camera.start()
+    read_frame(camera)
+    clock.advance_ms(100 * (DRIVER_BUFFERS - 1))  # a stall of DRIVER_BUFFERS - 1 frames
+    frames = [read_frame(camera) for _ in range(DRIVER_BUFFERS - 1)]
+    assert [f.sequence for f in frames] == list(range(1, DRIVER_BUFFERS))
+    assert camera.dropped_frames == 0
 
 
 def test_labels_follow_a_wall_clock_step_and_its_sync_state() -> None:

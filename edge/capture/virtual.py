@@ -20,7 +20,10 @@ from edge.clock import Clock
 
 log = logging.getLogger(__name__)
 
-LATE_FRAMES_BEFORE_SKIPPING = 2  # a reader this many frames behind skips ahead, like a real sensor
+# Like a camera driver's buffer queue (V4L2 through OpenCV keeps 4, picamera2 more):
+# a reader up to this many frames behind gets every frame, late; one further
+# behind gets the newest DRIVER_BUFFERS frames and the older ones are lost.
+DRIVER_BUFFERS = 4
 
 
 class VirtualCamera:
@@ -99,12 +102,13 @@ class VirtualCamera:
         assert self._start_s is not None
         elapsed_s = self._clock.monotonic_s() - self._start_s
         due = math.floor(elapsed_s * self._format.fps)  # the newest frame already due
-        if due - self._next >= LATE_FRAMES_BEFORE_SKIPPING:
-            skipped = due - self._next
+        oldest_kept = due - DRIVER_BUFFERS + 1
+        if oldest_kept > self._next:
+            skipped = oldest_kept - self._next
             self._dropped += skipped
             log.warning(
                 "virtual camera read %d frames late; skipped them (%d skipped in all)",
                 skipped,
                 self._dropped,
             )
-            self._next = due
+            self._next = oldest_kept
