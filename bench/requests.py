@@ -45,6 +45,7 @@ recording path drops no frame. Run it alone: other load shows in the figures.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import random
@@ -424,6 +425,19 @@ def _judge_camera(port: int, queue_size: int, data_dir: Path, quiet_s: float) ->
     if not listener.wait_for(lambda s: s.subscribed, 10):
         raise SystemExit(f"camera did not subscribe: {listener.stats.last_error}")
 
+    # Collector pauses stop every thread of the process: note each one's length.
+    gc_pauses: list[tuple[int, float, float]] = []  # (generation, start, seconds)
+    gc_started_s = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_started_s[0] = time.monotonic()
+        else:
+            now_s = time.monotonic()
+            gc_pauses.append((info["generation"], now_s, now_s - gc_started_s[0]))
+
+    gc.callbacks.append(on_gc)
+
     # Recording alone (the listener idle): the CPU the flood adds to.
     threads0, cpu0_s, wall0_s = threads_cpu_s(), cpu_s(), time.monotonic()
     stop.wait(quiet_s)
@@ -436,6 +450,7 @@ def _judge_camera(port: int, queue_size: int, data_dir: Path, quiet_s: float) ->
     during = recorder.stats
     drained = listener.wait_for(_drained(expected), 120)
     drain_s = time.monotonic() - wall2_s
+    gc.callbacks.remove(on_gc)
     after = recorder.stats
     stats = _listener_stats(listener)
     listener.stop()
@@ -471,6 +486,8 @@ def _judge_camera(port: int, queue_size: int, data_dir: Path, quiet_s: float) ->
         "threads_quiet": {k: v / quiet_wall_s
                           for k, v in threads_cpu_delta(threads0, threads1).items()},
         "rss_before_flood_mb": rss_before_mb,
+        "gc_pauses": [(generation, at_s - wall1_s, pause_s)
+                      for generation, at_s, pause_s in gc_pauses if at_s >= wall1_s],
         "max_rss_mb": proc_status_mb("VmHWM"),
         "listener": stats,
         "audit": {"lines": audit_stats.lines_written, "fsyncs": audit_stats.fsyncs,
@@ -642,6 +659,12 @@ def _report_judge(r: dict[str, Any]) -> None:
     print("judge: p99 publish -> stored, ms, by second of the flood (a queue climbs, a stall "
           "spikes): " + " ".join(f"{percentile(v, .99) * 1e3:.0f}" for _, v in
                                  sorted(by_second.items())))
+    pauses = r["gc_pauses"]
+    full = [(at_s, pause_s) for generation, at_s, pause_s in pauses if generation == 2]
+    print(f"judge: garbage collector during flood and drain: {len(pauses)} collections, "
+          f"{sum(p for _, _, p in pauses) * 1e3:.0f} ms in all, longest "
+          f"{max((p for _, _, p in pauses), default=0) * 1e3:.1f} ms; full (gen 2): " + (", ".join(
+              f"{pause_s * 1e3:.0f} ms at {at_s:.1f} s" for at_s, pause_s in full) or "none"))
     quiet, flood = r["threads_quiet"], r["threads_flood"]
     names = sorted(set(quiet) | set(flood), key=lambda n: -flood.get(n, 0))
     print("judge: CPU per thread, % of one core (recording alone -> flood): " + ", ".join(
