@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import subprocess
@@ -123,3 +124,106 @@ def test_upper_case_recipients_are_the_same_key() -> None:
 def test_no_recipients_is_an_error() -> None:
     with pytest.raises(ValueError, match="recipient"):
         agefile.encrypt([b"x"], [])
+
+
+# -- reading: AgeReader / open_age_file -------------------------------------------------
+
+
+def read_all(sealed: bytes, identity: x25519.Identity, *, block: int = 65536) -> bytes:
+    reader = agefile.AgeReader(io.BytesIO(sealed), [str(identity)])
+    try:
+        out = bytearray()
+        while data := reader.read(block):
+            out += data
+        return bytes(out)
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("size", [*SIZES, 16 * CHUNK, 16 * CHUNK + 1, 33 * CHUNK])
+def test_the_reader_opens_what_pyrage_and_the_age_tool_write(tmp_path: Path, size: int) -> None:
+    identity = x25519.Identity.generate()
+    other = x25519.Identity.generate()
+    data = random.Random(size).randbytes(size)
+    by_pyrage = pyrage.encrypt(data, [other.to_public(), identity.to_public()])
+    block = random.Random(size).choice([1, 7000, 1 << 20])
+    assert read_all(by_pyrage, identity, block=block) == data
+    plain = tmp_path / "plain"
+    plain.write_bytes(data)
+    by_age = subprocess.run(
+        ["age", "-r", str(identity.to_public()), str(plain)], capture_output=True, check=True
+    ).stdout
+    assert read_all(by_age, identity) == data
+
+
+def test_the_reader_refuses_a_file_not_sealed_to_its_keys() -> None:
+    sealed = pyrage.encrypt(b"footage", [x25519.Identity.generate().to_public()])
+    with pytest.raises(agefile.AgeFileError, match="does not open: it is not sealed to any key held here"):
+        read_all(sealed, x25519.Identity.generate())
+
+
+def test_the_reader_never_returns_what_does_not_authenticate() -> None:
+    """Every flipped bit, a cut at a chunk edge or inside one, and bytes appended:
+    each raises AgeFileError, and no read before it returned a byte that was not
+    the plaintext's own."""
+    identity = x25519.Identity.generate()
+    data = os.urandom(3 * CHUNK + 100)
+    sealed = pyrage.encrypt(data, [identity.to_public()])
+    payload_start = len(sealed) - (len(data) + 4 * 16) - 16
+    damaged = [sealed[: payload_start + 16 + (CHUNK + 16) * k] for k in (1, 2, 3)]  # chunk edges
+    damaged += [sealed[:-1], sealed[:-17], sealed + b"\0", sealed + sealed[-(CHUNK + 16) :]]
+    rng = random.Random(9)
+    for position in rng.sample(range(len(sealed)), 60):
+        flipped = bytearray(sealed)
+        flipped[position] ^= 1 << rng.randrange(8)
+        damaged.append(bytes(flipped))
+    for bad in damaged:
+        got = bytearray()
+        with pytest.raises(agefile.AgeFileError):
+            reader = agefile.AgeReader(io.BytesIO(bad), [str(identity)])
+            try:
+                while block := reader.read(5000):
+                    got += block
+            finally:
+                reader.close()
+        assert data.startswith(bytes(got))
+
+
+def test_a_mangled_header_is_refused_with_a_reason_never_a_crash() -> None:
+    identity = x25519.Identity.generate()
+    sealed = pyrage.encrypt(b"x" * 1000, [identity.to_public()])
+    header_end = sealed.index(b"\n---") + 50
+    rng = random.Random(3)
+    for _ in range(500):
+        mangled = bytearray(sealed)
+        for _ in range(rng.randrange(1, 4)):
+            position = rng.randrange(header_end)
+            mangled[position] = rng.choice(b"\n- ABCxyz0123=+/\xff\0")
+        try:
+            reader = agefile.AgeReader(io.BytesIO(bytes(mangled)), [str(identity)])
+        except agefile.AgeFileError:
+            continue
+        try:  # a change that age's rules still accept must open to the same plaintext
+            assert reader.read() == b"x" * 1000
+        except agefile.AgeFileError:
+            pass
+        finally:
+            reader.close()
+
+
+def test_a_header_that_never_ends_is_refused_within_its_bound() -> None:
+    endless = b"age-encryption.org/v1\n" + b"-> X25519 " + b"A" * (1 << 20)
+    with pytest.raises(agefile.AgeFileError, match="header"):
+        agefile.AgeReader(io.BytesIO(endless), [str(x25519.Identity.generate())])
+
+
+def test_closing_a_reader_early_ends_its_thread_and_closes_the_file(tmp_path: Path) -> None:
+    identity = x25519.Identity.generate()
+    path = tmp_path / "clip.age"
+    path.write_bytes(pyrage.encrypt(os.urandom(5_000_000), [identity.to_public()]))
+    stream = agefile.open_age_file(path, [identity])
+    assert len(stream.read(1000)) == 1000
+    reader = stream.raw
+    stream.close()
+    assert reader.closed and reader._source.closed  # type: ignore[attr-defined]
+    assert reader._executor._shutdown  # type: ignore[attr-defined]

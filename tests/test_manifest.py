@@ -243,7 +243,7 @@ def test_a_sealed_clip_reads_back_from_any_offset_and_stops_cleanly(tmp_path: Pa
     stream = m.open_sealed_clip_at(sealed, [device], 10)
     assert stream.read(100) == plaintext[10:110]
     stream.close()
-    assert not [t for t in threading.enumerate() if t.name == "clip-unsealer"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("age-reader")]
     with pytest.raises(ValueError, match="does not open"):
         with m.open_sealed_clip_at(sealed, [pyrage.x25519.Identity.generate()], 0) as stream:
             stream.read()

@@ -1,6 +1,5 @@
-"""Writing age v1 files (age-encryption.org/v1) to X25519 recipients, for the ring.
+"""age v1 files (age-encryption.org/v1) with X25519 keys: writing, and reading as a stream.
 
-Opening them is pyrage's (and the ``age`` tool's) job; this module only writes.
 It exists because the ring seals every segment on the recording thread: pyrage's
 ChaCha20-Poly1305 takes ~3 ms for a 2 MB segment here and holds Python's
 interpreter lock throughout, while OpenSSL's, through ``cryptography``, takes
@@ -19,7 +18,14 @@ built from the same primitives age names, with nothing of our own:
   info ``payload``) and the nonce ``counter (11 bytes, big-endian) || last flag``;
   the last chunk may be full and is empty only if the plaintext is.
 
-tests/test_agefile.py opens what this writes with pyrage and with the ``age`` tool.
+Reading (``AgeReader``) is the same in reverse, for streams that are read while
+they are sent (a clip decrypted on the fly for an upload): the header is parsed
+with every size bounded and base64 checked canonical, the stanza unwrapped, the
+header MAC checked before any payload is read, and each chunk authenticated, the
+last by its flag, so a truncated, extended or altered file raises AgeFileError.
+
+tests/test_agefile.py opens what this writes with pyrage and with the ``age`` tool,
+and reads what they write.
 """
 
 from __future__ import annotations
@@ -28,13 +34,19 @@ import base64
 import functools
 import hashlib
 import hmac
+import io
 import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pyrage import x25519
 
 CHUNK_BYTES = 64 * 1024
 _TAG_BYTES = 16
@@ -43,8 +55,17 @@ _ZERO_NONCE = bytes(12)
 _MAX_CHUNKS = 1 << 88  # the nonce's 11-byte counter
 
 
+_SEALED_CHUNK_BYTES = CHUNK_BYTES + _TAG_BYTES
+_MAX_HEADER_BYTES = 64 * 1024  # a header with many recipients is a few KB
+_READ_CHUNKS = 16  # 1 MiB of payload per read, decrypted while the one before is used
+
+
 class RecipientError(ValueError):
-    """Not an age X25519 recipient (``age1...``)."""
+    """Not an age X25519 recipient (``age1...``) or identity (``AGE-SECRET-KEY-1...``)."""
+
+
+class AgeFileError(ValueError):
+    """The file is not an age v1 file these identities open, or it is damaged."""
 
 
 def encrypt(parts: Sequence[bytes | memoryview], recipients: Sequence[str]) -> bytearray:
@@ -101,6 +122,219 @@ def recipient_key(recipient: str) -> X25519PublicKey:
     if hrp != "age" or len(data) != 32:
         raise RecipientError(f"not an age X25519 recipient: {recipient[:80]!r}")
     return X25519PublicKey.from_public_bytes(data)
+
+
+def identity_key(identity: str) -> X25519PrivateKey:
+    """The X25519 private key of an ``AGE-SECRET-KEY-1...`` identity."""
+    try:
+        hrp, data = _bech32_decode(identity)
+    except RecipientError:
+        raise RecipientError("not an age X25519 identity") from None  # never echo a key
+    if hrp != "age-secret-key-" or len(data) != 32:
+        raise RecipientError("not an age X25519 identity")
+    return X25519PrivateKey.from_private_bytes(data)
+
+
+class AgeReader(io.RawIOBase):
+    """The plaintext of an age file, decrypted as it is read.
+
+    The header is read and checked when it is made (AgeFileError if these
+    identities do not open it); the payload is authenticated chunk by chunk, a
+    megabyte ahead of the reader on a thread of its own (OpenSSL lets go of
+    Python's lock while it decrypts). A damaged payload raises AgeFileError from
+    ``read`` when it is reached; nothing unauthenticated is ever returned.
+    """
+
+    def __init__(self, source: IO[bytes], identities: Sequence[str], *, name: str = "") -> None:
+        super().__init__()
+        self._source = source
+        self._name = name or "the file"
+        keys = [identity_key(identity) for identity in identities]
+        payload_key, self._ciphertext = _open_header(source, keys, self._name)
+        self._payload = ChaCha20Poly1305(payload_key)
+        self._counter = 0
+        self._ended = False  # the last chunk has been decrypted
+        self._plaintext = memoryview(b"")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="age-reader")
+        self._next: Future[memoryview] | None = self._executor.submit(self._decrypt_more)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._plaintext:
+            if self._next is None:
+                return 0
+            self._plaintext = self._next.result()  # raises the batch's AgeFileError
+            self._next = None if self._ended else self._executor.submit(self._decrypt_more)
+        count = min(len(buffer), len(self._plaintext))
+        buffer[:count] = self._plaintext[:count]
+        self._plaintext = self._plaintext[count:]
+        return count
+
+    def close(self) -> None:
+        if not self.closed:
+            if self._next is not None:
+                self._next.cancel()
+            self._executor.shutdown(wait=True)
+            self._source.close()
+        super().close()
+
+    def _decrypt_more(self) -> memoryview:
+        """Reads and decrypts up to _READ_CHUNKS chunks (on the reader's thread).
+
+        A chunk is the last only if the file ends right after it, so one full
+        chunk is always held back until more of the file (or its end) is seen.
+        """
+        ciphertext = self._ciphertext
+        wanted = _READ_CHUNKS * _SEALED_CHUNK_BYTES + 1 - len(ciphertext)
+        while wanted > 0 and (more := self._source.read(wanted)):
+            ciphertext += more
+            wanted -= len(more)
+        at_end = wanted > 0
+        view = memoryview(ciphertext)
+        chunks = len(view) // _SEALED_CHUNK_BYTES
+        if not at_end:
+            chunks -= 1 if len(view) % _SEALED_CHUNK_BYTES == 0 else 0
+        elif len(view) % _SEALED_CHUNK_BYTES == 0:
+            chunks -= 1  # a full last chunk: decrypted below, flagged last
+        out = bytearray(chunks * CHUNK_BYTES + (CHUNK_BYTES if at_end else 0))
+        out_view = memoryview(out)
+        position = written = 0
+        for _ in range(chunks):
+            self._decrypt_chunk(view[position : position + _SEALED_CHUNK_BYTES],
+                                out_view[written : written + CHUNK_BYTES], last=False)
+            position += _SEALED_CHUNK_BYTES
+            written += CHUNK_BYTES
+        if at_end:
+            last = view[position:]
+            if len(last) < _TAG_BYTES or (len(last) == _TAG_BYTES and self._counter > 0):
+                raise AgeFileError(f"{self._name} is truncated")
+            plain_bytes = len(last) - _TAG_BYTES
+            self._decrypt_chunk(last, out_view[written : written + plain_bytes], last=True)
+            written += plain_bytes
+            self._ended = True
+            self._ciphertext = b""
+        else:
+            self._ciphertext = bytes(view[position:])
+        return out_view[:written]
+
+    def _decrypt_chunk(self, chunk: memoryview, out: memoryview, *, last: bool) -> None:
+        if self._counter >= _MAX_CHUNKS:
+            raise AgeFileError(f"{self._name} is too long for an age file")
+        nonce = self._counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+        try:
+            self._payload.decrypt_into(nonce, chunk, None, out)
+        except InvalidTag:
+            what = "truncated or damaged" if last else "damaged"
+            raise AgeFileError(
+                f"{self._name} is {what}: chunk {self._counter} does not authenticate"
+            ) from None
+        self._counter += 1
+
+
+def open_age_file(path: Path, identities: Sequence[x25519.Identity | str]) -> IO[bytes]:
+    """The plaintext of the age file at ``path``, decrypted as it is read (AgeReader)."""
+    source = open(path, "rb")
+    try:
+        reader = AgeReader(source, [str(identity) for identity in identities], name=path.name)
+    except BaseException:
+        source.close()
+        raise
+    return io.BufferedReader(reader, buffer_size=CHUNK_BYTES)
+
+
+def _open_header(
+    source: IO[bytes], keys: Sequence[X25519PrivateKey], name: str
+) -> tuple[bytes, bytes]:
+    """(payload key, the bytes read past the payload nonce)."""
+    data = b""
+    while b"\n--- " not in data or data.find(b"\n", data.index(b"\n--- ") + 5) < 0:
+        more = source.read(4096)
+        if not more:
+            raise AgeFileError(f"{name} is not an age file: its header does not end")
+        data += more
+        if len(data) > _MAX_HEADER_BYTES + 4096:
+            raise AgeFileError(f"{name}: age header longer than {_MAX_HEADER_BYTES} bytes")
+    mac_line_start = data.index(b"\n--- ") + 1
+    mac_line_end = data.index(b"\n", mac_line_start) + 1
+    if mac_line_end > _MAX_HEADER_BYTES:
+        raise AgeFileError(f"{name}: age header longer than {_MAX_HEADER_BYTES} bytes")
+    lines = data[:mac_line_start].split(b"\n")[:-1]
+    if not lines or lines[0] != b"age-encryption.org/v1":
+        raise AgeFileError(f"{name} is not an age v1 file")
+    stanzas = _stanzas(lines[1:], name)
+    file_key = _unwrap(stanzas, keys, name)
+    header_mac = _b64_decode(data[mac_line_start + 4 : mac_line_end - 1], 32, name)
+    mac_key = _hkdf(file_key, b"", b"header")
+    expected = hmac.new(mac_key, data[: mac_line_start + 3], hashlib.sha256).digest()
+    if not hmac.compare_digest(expected, header_mac):
+        raise AgeFileError(f"{name}: the age header's MAC does not match (altered header)")
+    rest = data[mac_line_end:]
+    while len(rest) < 16 and (more := source.read(16 - len(rest))):
+        rest += more
+    if len(rest) < 16:
+        raise AgeFileError(f"{name} is truncated: no payload")
+    return _hkdf(file_key, rest[:16], b"payload"), rest[16:]
+
+
+def _stanzas(lines: list[bytes], name: str) -> list[tuple[list[bytes], bytes]]:
+    """(arguments, body) of each ``-> `` stanza; bodies are base64 in 64-column lines."""
+    stanzas: list[tuple[list[bytes], bytes]] = []
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        arguments = line[3:].split(b" ")
+        if not line.startswith(b"-> ") or not all(arguments):
+            raise AgeFileError(f"{name}: malformed age header line")
+        body_lines = []
+        while True:
+            index += 1
+            if index >= len(lines):
+                raise AgeFileError(f"{name}: age stanza without its body")
+            body_lines.append(lines[index])
+            if len(lines[index]) < 64:
+                break
+            if len(lines[index]) > 64:
+                raise AgeFileError(f"{name}: malformed age stanza body")
+        index += 1
+        stanzas.append((arguments, b"".join(body_lines)))
+    return stanzas
+
+
+def _unwrap(
+    stanzas: list[tuple[list[bytes], bytes]], keys: Sequence[X25519PrivateKey], name: str
+) -> bytes:
+    for arguments, body in stanzas:
+        if arguments[0] != b"X25519":
+            continue  # another kind of recipient: not ours to open
+        if len(arguments) != 2:
+            raise AgeFileError(f"{name}: malformed X25519 stanza")
+        share = _b64_decode(arguments[1], 32, name)
+        wrapped = _b64_decode(body, 32, name)
+        for key in keys:
+            try:
+                shared_secret = key.exchange(X25519PublicKey.from_public_bytes(share))
+            except ValueError:
+                raise AgeFileError(f"{name}: X25519 stanza with a low-order share") from None
+            salt = share + key.public_key().public_bytes_raw()
+            wrap_key = _hkdf(shared_secret, salt, _X25519_INFO)
+            try:
+                return ChaCha20Poly1305(wrap_key).decrypt(_ZERO_NONCE, wrapped, None)
+            except InvalidTag:
+                continue
+    raise AgeFileError(f"{name} does not open: it is not sealed to any key held here")
+
+
+def _b64_decode(text: bytes, expected_bytes: int, name: str) -> bytes:
+    """Unpadded, canonical base64 of exactly ``expected_bytes`` (age's rules)."""
+    try:
+        data = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+    except ValueError:
+        data = b""
+    if len(data) != expected_bytes or _b64(data) != text:
+        raise AgeFileError(f"{name}: malformed base64 in the age header")
+    return data
 
 
 def _x25519_stanza(file_key: bytes, recipient: X25519PublicKey) -> bytes:

@@ -1,34 +1,32 @@
-"""age encryption and decryption of a whole clip in a child process.
+"""age encryption of a whole clip in a child process, beside the build.
 
-pyrage holds Python's interpreter lock for as long as it encrypts or decrypts,
-and so does the decryption of the segments a clip is built from; in the daemon's
-own process they would take turns on one core. In a child process of its own
-(the same Python, ``-I``, pyrage) the work runs on another core, beside the
-build or the upload. Plaintext only ever passes through a pipe (kernel memory);
-keys go to the child on its standard input, never on its command line.
+pyrage holds Python's interpreter lock for as long as it encrypts; in the
+daemon's own process it would take turns on one core with the clip builder. In
+a child process of its own (the same Python, ``-I``, pyrage, at a lower
+priority) it runs on another core. Plaintext only ever passes through a pipe
+(kernel memory); the recipient goes to the child on its standard input.
 
-- ``Sealer``: plaintext written to ``stdin`` comes out as age, to one recipient,
-  in a file the caller opened (mode 0600, its own temporary name).
-- ``open_unsealed``: the plaintext of an age file, read as the child decrypts it.
+``Sealer``: plaintext written to ``stdin`` comes out as age, to one recipient,
+in a file the caller opened (mode 0600, its own temporary name).
+
+(Opening a clip needs no child: edge/buffer/agefile.py decrypts with OpenSSL,
+which lets go of the lock.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
-import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pyrage
 
 _PIPE_BYTES = 1 << 20  # fewer wake-ups than the 64 KiB default; Linux's usual cap
 _MAX_ERROR_BYTES = 4096
 
-# Either way: the key on stdin's first line(s) up to an empty line, then the data.
+# The recipient on stdin's first line(s) up to an empty line, then the plaintext.
 _CHILD = """
 import os
 import sys
@@ -43,16 +41,9 @@ def keys():
 
 os.nice(10)  # bulk work for sharing: the recording in the parent comes first
 try:
-    if sys.argv[1] == "seal":
-        recipients = [x25519.Recipient.from_str(key) for key in keys()]
-        pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, recipients)
-    else:
-        identities = [x25519.Identity.from_str(key) for key in keys()]
-        with open(sys.argv[2], "rb") as sealed:
-            pyrage.decrypt_io(sealed, sys.stdout.buffer, identities)
+    recipients = [x25519.Recipient.from_str(key) for key in keys()]
+    pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, recipients)
     sys.stdout.buffer.flush()
-except BrokenPipeError:
-    sys.exit(0)  # the reader went away on purpose
 except Exception as error:
     sys.exit(f"{type(error).__name__}: {error}")
 """
@@ -88,57 +79,6 @@ class Sealer:
         with contextlib.suppress(OSError):
             self.stdin.close()
         _end(self._process)
-
-
-def open_unsealed(path: Path, identities: list[pyrage.x25519.Identity]) -> IO[bytes]:
-    """The plaintext of the age file at ``path``, decrypted by a child as it is read.
-
-    A file that does not open raises AgeChildError when its end is read; closing
-    early ends the child."""
-    process = subprocess.Popen(
-        [sys.executable, "-I", "-c", _CHILD, "open", str(path)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert process.stdin is not None
-    try:
-        # A few hundred bytes: fits the pipe, so this never waits on the child.
-        process.stdin.write("".join(f"{identity}\n" for identity in identities).encode() + b"\n")
-        process.stdin.close()
-    except BaseException:
-        _end(process)
-        raise
-    return io.BufferedReader(_ChildOutput(process, f"the sealed clip {path.name} does not open"))
-
-
-class _ChildOutput(io.RawIOBase):
-    def __init__(self, process: subprocess.Popen[bytes], failure: str) -> None:
-        super().__init__()
-        assert process.stdout is not None
-        self._process = process
-        self._fd = process.stdout.fileno()
-        self._failure = failure
-        self._ended = False  # the child has been reaped: later reads are at the end too
-        _widen(self._fd)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        if self._ended:
-            return 0
-        data = os.read(self._fd, len(buffer))
-        if not data:
-            self._ended = True
-            _wait(self._process, self._failure)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        if not self.closed:
-            _end(self._process)
-        super().close()
 
 
 def _widen(fd: int) -> None:

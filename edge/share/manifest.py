@@ -11,8 +11,8 @@ Nothing here writes plaintext anywhere: ``encrypt_clip`` streams plaintext in
 and ciphertext out; ``digest_clip`` only reads. The clip builder pushes its
 output (``build_clip(..., out)``) while age pulls its input, so
 ``encrypt_clip_written_by`` joins the two through an OS pipe (kernel memory,
-never a file) and a named thread; ``open_sealed_clip_at`` reads what a child
-process decrypts (edge/share/agechild.py).
+never a file) and a named thread; ``open_sealed_clip_at`` decrypts as it is read
+(edge/buffer/agefile.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edge.share import agechild
+from edge.buffer.agefile import open_age_file
 from edge.share.jws import b64url_encode, sign_compact
 
 log = logging.getLogger(__name__)
@@ -208,12 +208,13 @@ def open_sealed_clip_at(
 ) -> IO[bytes]:
     """The plaintext of an age-sealed clip file from ``offset`` on, decrypted as it
     is read (an upload resumed at the server's offset decrypts and drops the bytes
-    before it). A clip that does not open raises ``ValueError`` when its end is read."""
+    before it). A clip these keys do not open raises ``ValueError`` at once; a damaged
+    one when the damaged part is read, before any byte of it is returned."""
     if offset < 0:
         raise ValueError("offset must not be negative")
 
-    # Decrypted in a child process: on another core than the upload that reads it.
-    stream = agechild.open_unsealed(path, list(identities))
+    # Decrypted a megabyte ahead on a thread of its own (OpenSSL lets go of the GIL).
+    stream = open_age_file(path, list(identities))
     try:
         left = offset
         while left:

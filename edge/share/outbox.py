@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from pyrage import x25519
 
+from edge.buffer.agefile import AgeFileError, open_age_file
 from edge.buffer.clip import ClipInfo, SegmentSource, build_clip
 from edge.share import agechild
 
@@ -206,12 +207,12 @@ class Outbox:
         digest = hashlib.sha256()
         size = 0
         try:
-            with agechild.open_unsealed(clip.path, [self._identity]) as plaintext:
+            with open_age_file(clip.path, [self._identity]) as plaintext:
                 while chunk := plaintext.read(_CHUNK_BYTES):
                     digest.update(chunk)
                     size += len(chunk)
                     yield chunk
-        except agechild.AgeChildError as error:
+        except (OSError, AgeFileError) as error:
             raise OutboxError(f"cannot open the sealed clip: {error}") from None
         if digest.hexdigest() != clip.sha256 or size != clip.size_bytes:
             raise OutboxError("the sealed clip on disk is not the clip that was made")
