@@ -228,6 +228,28 @@ def test_eviction_by_age_only_with_a_synchronised_clock(tmp_path: Path) -> None:
     ring.close()
 
 
+def test_age_eviction_follows_each_segment_and_looks_past_a_pinned_oldest(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    ring = open_ring(tmp_path, clock, max_age_s=3.0)
+    segments = make_segments(RUN_A)
+    put_all(ring, segments[:2], clock)
+    ring.pin(T0_MS, T0_MS + 500, "request-1")  # segment 0, the oldest
+    for segment in segments[2:]:
+        put_all(ring, [segment], clock)
+        cutoff_ms = clock.now_ms() - 3_000
+        young = [s.meta.sequence for s in segments[1 : segment.meta.sequence + 1]
+                 if s.meta.last_frame_ms >= cutoff_ms]
+        assert listed_sequences(ring) == [0, *young]
+    ring.unpin("request-1")
+    later = make_segments(RunSpec(count=1, start_ms=T0_MS + 60_000, run_id="r2"))
+    put_all(ring, later, clock)
+    assert [r.meta.run_id for r in ring.overlapping(0, 2**62)] == ["r2"]
+    put_all(ring, make_segments(RunSpec(count=1, start_ms=T0_MS + 70_000, run_id="r3")), clock)
+    assert [r.meta.run_id for r in ring.overlapping(0, 2**62)] == ["r3"]  # r2 is 9 s old
+    ring.close()
+
+
 def test_pins_hold_a_window_against_eviction_until_unpinned(
     tmp_path: Path, clock: ManualClock
 ) -> None:

@@ -377,6 +377,10 @@ class Ring(RingReader):
         )
         self._store_thread: threading.Thread | None = None
         self._store_error: BaseException | None = None  # a submitted segment that failed
+        # The oldest row (None: the ring is empty), while known: most segments arrive
+        # with nothing old enough to evict, and then the index need not be asked.
+        self._oldest: SegmentRecord | None = None
+        self._oldest_known = False
 
     @classmethod
     def open(  # type: ignore[override]
@@ -552,6 +556,8 @@ class Ring(RingReader):
                     )
                     self._totals.segments += 1
                     self._totals.bytes += len(data)
+                    if self._oldest is None:
+                        self._oldest_known = False  # was empty: this row is the oldest
                 return
             except sqlite3.OperationalError as error:
                 if not _is_disk_full(error):
@@ -666,11 +672,23 @@ class Ring(RingReader):
             # stops at the first young segment, so a clock that was wrong once never
             # evicts newer recordings ahead of older ones.
             cutoff_ms = self._clock.now_ms() - self._max_age_ms
-            self._evict(
-                lambda record, freed: record.meta.last_frame_ms < cutoff_ms,
-                include_pinned=False,
-            )
+            if self._may_hold_older_than(cutoff_ms):
+                self._evict(
+                    lambda record, freed: record.meta.last_frame_ms < cutoff_ms,
+                    include_pinned=False,
+                )
         self._evict_for_free_space(incoming_bytes)
+
+    def _may_hold_older_than(self, cutoff_ms: int) -> bool:
+        """False if the age scan would stop at once: the oldest segment is younger
+        than the cutoff and not pinned (so a pinned one is always looked past)."""
+        if not self._oldest_known:
+            batch = self._writer_index.oldest(0, 1)
+            self._oldest, self._oldest_known = (batch[0] if batch else None), True
+        oldest = self._oldest
+        if oldest is None:
+            return False
+        return oldest.meta.last_frame_ms < cutoff_ms or self._is_pinned(oldest)
 
     def _evict_for_free_space(self, incoming_bytes: int) -> int:
         needed = incoming_bytes + DISK_RESERVE_BYTES
@@ -750,6 +768,7 @@ class Ring(RingReader):
             return
         self._totals.segments -= len(victims)
         self._totals.bytes -= sum(record.sealed_bytes for record in victims)
+        self._oldest_known = False
         log.debug("evicted %d segments", len(victims))
         if any(record.key_id != self._keys.current_key_id() for record in victims):
             self._keys.delete_unused(self._writer_index.key_ids_in_use())
