@@ -213,7 +213,7 @@ def open_sealed_clip_at(
     if offset < 0:
         raise ValueError("offset must not be negative")
 
-    # Decrypted a megabyte ahead on a thread of its own (OpenSSL lets go of the GIL).
+    # Decrypted a megabyte ahead on a thread of its own, while the upload sends.
     stream = open_age_file(path, list(identities))
     try:
         left = offset
