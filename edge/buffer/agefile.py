@@ -153,8 +153,15 @@ class AgeReader(io.RawIOBase):
         self._source = source
         self._name = name or "the file"
         keys = [identity_key(identity) for identity in identities]
-        payload_key, self._ciphertext = _open_header(source, keys, self._name)
+        payload_key, carry = _open_header(source, keys, self._name)
         self._payload = ChaCha20Poly1305(payload_key)
+        # Reused for every megabyte: the ciphertext read, and two plaintext buffers,
+        # one being read while the other is filled.
+        self._ciphertext = bytearray(_READ_CHUNKS * _SEALED_CHUNK_BYTES + 1)
+        self._ciphertext[: len(carry)] = carry
+        self._carry_bytes = len(carry)
+        self._plaintext_buffers = [bytearray(_READ_CHUNKS * CHUNK_BYTES) for _ in range(2)]
+        self._batches = 0
         self._counter = 0
         self._ended = False  # the last chunk has been decrypted
         self._plaintext = memoryview(b"")
@@ -189,20 +196,17 @@ class AgeReader(io.RawIOBase):
         A chunk is the last only if the file ends right after it, so one full
         chunk is always held back until more of the file (or its end) is seen.
         """
-        ciphertext = self._ciphertext
-        wanted = _READ_CHUNKS * _SEALED_CHUNK_BYTES + 1 - len(ciphertext)
-        while wanted > 0 and (more := self._source.read(wanted)):
-            ciphertext += more
-            wanted -= len(more)
-        at_end = wanted > 0
-        view = memoryview(ciphertext)
-        chunks = len(view) // _SEALED_CHUNK_BYTES
-        if not at_end:
-            chunks -= 1 if len(view) % _SEALED_CHUNK_BYTES == 0 else 0
-        elif len(view) % _SEALED_CHUNK_BYTES == 0:
+        buffer = memoryview(self._ciphertext)
+        filled = self._carry_bytes
+        while filled < len(buffer) and (count := self._source.readinto(buffer[filled:])):  # type: ignore[attr-defined]
+            filled += count
+        at_end = filled < len(buffer)  # otherwise one byte more than 16 chunks: not the end
+        view = buffer[:filled]
+        chunks = filled // _SEALED_CHUNK_BYTES
+        if at_end and filled % _SEALED_CHUNK_BYTES == 0:
             chunks -= 1  # a full last chunk: decrypted below, flagged last
-        out = bytearray(chunks * CHUNK_BYTES + (CHUNK_BYTES if at_end else 0))
-        out_view = memoryview(out)
+        out_view = memoryview(self._plaintext_buffers[self._batches % 2])
+        self._batches += 1
         position = written = 0
         for _ in range(chunks):
             self._decrypt_chunk(view[position : position + _SEALED_CHUNK_BYTES],
@@ -217,9 +221,9 @@ class AgeReader(io.RawIOBase):
             self._decrypt_chunk(last, out_view[written : written + plain_bytes], last=True)
             written += plain_bytes
             self._ended = True
-            self._ciphertext = b""
         else:
-            self._ciphertext = bytes(view[position:])
+            self._carry_bytes = filled - position  # one byte: less than position, no overlap
+            buffer[: self._carry_bytes] = view[position:]
         return out_view[:written]
 
     def _decrypt_chunk(self, chunk: memoryview, out: memoryview, *, last: bool) -> None:
