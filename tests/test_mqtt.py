@@ -482,3 +482,36 @@ def test_batch_handler_gets_what_has_queued_and_every_message_is_acked(
     assert [p for batch in batches[1:] for p in batch] == payloads  # in order, once each
     assert max(len(batch) for batch in batches) == 40  # bounded, and really batched
     assert_nothing_redelivered(broker, "camera-1")
+
+
+def test_a_burst_of_mixed_sizes_arrives_whole_in_order_across_socket_reads(
+    broker: MosquittoBroker,
+) -> None:
+    """The listener reads its socket 64 KiB at a time (edge/share/mqtt.py,
+    _ReadAheadClient): a burst of back-to-back messages, from a few bytes up to
+    the 64 KiB limit, lands many packets in one read and splits others across
+    reads. Each must come out once, whole, in order."""
+    import random
+
+    rng = random.Random(11)
+    sizes = [rng.choice([1, 17, 127, 128, 1_600, 16_383, 16_384, 40_000, 65_000, 65_536])
+             for _ in range(300)]
+    payloads = [b"%05d:" % i + rng.randbytes(max(0, size - 6)) for i, size in enumerate(sizes)]
+    entered, release = threading.Event(), threading.Event()
+    first = b"first"
+
+    def hold_the_first(message: IncomingMessage) -> None:
+        if message.payload == first:
+            entered.set()
+            assert release.wait(WAIT_S)  # the burst piles up in the socket meanwhile
+
+    collector = Collector(before=hold_the_first)
+    listener = make_listener(broker, collector, queue_size=1000, queue_bytes=64 * 1024 * 1024)
+    with listening(listener), broker.publisher() as pub:
+        pub.publish(CELL_TOPIC, first)
+        assert entered.wait(WAIT_S)
+        pub.publish_many([(CELL_TOPIC, p) for p in payloads])
+        release.set()
+        wait_stats(listener, lambda s: s.handled == len(payloads) + 1)
+    assert collector.payloads == [first, *payloads]
+    assert listener.stats.dropped_oversize == 0
