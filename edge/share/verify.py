@@ -34,6 +34,7 @@ from typing import Any, Literal, TypeGuard
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge.buffer.agefile import RecipientError, recipient_key
 from edge.share.geo import (
     Area,
     CircleArea,
@@ -670,39 +671,17 @@ def _number(value: Any) -> float | None:
     return float(value) if _is_number(value) else None
 
 
-# --- age recipients (Bech32, BIP 173) ----------------------------------------
-
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BECH32_GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-
-
-def _bech32_polymod(values: Iterable[int]) -> int:
-    check = 1
-    for value in values:
-        top = check >> 25
-        check = (check & 0x1FFFFFF) << 5 ^ value
-        for i in range(5):
-            check ^= _BECH32_GEN[i] if (top >> i) & 1 else 0
-    return check
+# --- age recipients -------------------------------------------------------------
 
 
 def _is_age_recipient(text: str) -> bool:
-    """An age X25519 recipient: Bech32 with HRP ``age`` and a 32-byte payload.
-    One case throughout, as Bech32 requires (age and pyrage accept upper case)."""
-    if not text.isascii() or (text != text.lower() and text != text.upper()):
-        return False
-    text = text.lower()
-    if not text.startswith("age1") or len(text) != 62:  # 4 + 52 data + 6 checksum
-        return False
+    """An age X25519 recipient: Bech32 with HRP ``age``, a 32-byte key, zero padding,
+    one case throughout, as Bech32 requires (age and pyrage accept upper case)."""
     try:
-        data = [_BECH32.index(c) for c in text[4:]]
-    except ValueError:
+        recipient_key(text)
+    except RecipientError:
         return False
-    hrp = [ord(c) >> 5 for c in "age"] + [0] + [ord(c) & 31 for c in "age"]
-    if _bech32_polymod(hrp + data) != 1:
-        return False
-    # 52 five-bit groups carry 260 bits: 256 of key, then 4 padding bits that must be 0.
-    return data[51] & 0xF == 0
+    return True
 
 
 # --- window ------------------------------------------------------------------
