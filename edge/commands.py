@@ -5,7 +5,6 @@ are raised as ``UserError`` and shown by the CLI as one line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from typing import Any
 from edge.cli import UserError
 from edge.clock import SystemClock
 from edge.config import Config
+from edge.priority import yield_to_recording
 from edge.units import parse_time_ms
 
 MAX_PAYLOAD_READ_BYTES = 1024 * 1024  # far above the spec's 65,536: too_large still judged
@@ -174,7 +174,7 @@ def export(config: Config, start_text: str, end_text: str, output: Path) -> int:
     from edge.buffer.clip import NoFootage, build_clip
     from edge.units import format_rfc3339_ms
 
-    _yield_to_recording()
+    yield_to_recording()  # it builds a clip beside the recording daemon
     now_ms = _now_ms()
     start_ms = _time_arg(start_text, "--start", now_ms)
     end_ms = _time_arg(end_text, "--end", now_ms)
@@ -301,7 +301,7 @@ def approve(
     from edge.share.review import ClipError, DecisionError
     from edge.units import format_rfc3339_ms
 
-    _yield_to_recording()
+    yield_to_recording()  # it builds a clip beside the recording daemon
     local_id = _local_id(request_id)
     now_ms = _now_ms()
     start_ms = _time_arg(start, "--start", now_ms) if start else None
@@ -363,10 +363,3 @@ def audit_verify(config: Config, head: str | None) -> int:
         return 0
     print(f"edge: audit log: {result.summary()}", file=sys.stderr)
     return 1
-
-
-def _yield_to_recording() -> None:
-    """This command decrypts and builds a clip beside a daemon that records on the
-    same few cores: it runs at a lower priority (nice +10), so recording comes first."""
-    with contextlib.suppress(OSError):
-        os.nice(10)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 
-from edge.share import delivery
+from edge import priority
 
 
 def nice_of_thread(thread_id: int) -> int:
@@ -20,7 +20,7 @@ def test_the_delivery_thread_and_what_it_starts_yield_to_recording() -> None:
         seen["its worker"] = nice_of_thread(threading.get_native_id())
 
     def delivery_thread() -> None:
-        delivery._yield_to_recording()
+        priority.yield_to_recording()  # as the delivery thread does first
         seen["delivery"] = nice_of_thread(threading.get_native_id())
         worker = threading.Thread(target=started_by_delivery)
         worker.start()
@@ -29,6 +29,6 @@ def test_the_delivery_thread_and_what_it_starts_yield_to_recording() -> None:
     thread = threading.Thread(target=delivery_thread)
     thread.start()
     thread.join()
-    expected = min(19, recording_nice + delivery.BACKGROUND_NICE)
+    expected = min(19, recording_nice + priority.BACKGROUND_NICE)
     assert seen == {"delivery": expected, "its worker": expected}
     assert nice_of_thread(threading.get_native_id()) == recording_nice  # this thread untouched

@@ -23,6 +23,8 @@ from typing import IO
 
 import pyrage
 
+from edge.priority import BACKGROUND_NICE
+
 _PIPE_BYTES = 1 << 20  # fewer wake-ups than the 64 KiB default; Linux's usual cap
 _MAX_ERROR_BYTES = 4096
 
@@ -39,7 +41,7 @@ def keys():
         lines.append(line.decode())
     return lines
 
-os.nice(10)  # bulk work for sharing: the recording in the parent comes first
+os.nice(int(sys.argv[1]))  # bulk work for sharing: recording comes first
 try:
     recipients = [x25519.Recipient.from_str(key) for key in keys()]
     pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, recipients)
@@ -59,7 +61,7 @@ class Sealer:
 
     def __init__(self, recipient: pyrage.x25519.Recipient, sealed_fd: int) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _CHILD, "seal"],
+            [sys.executable, "-I", "-c", _CHILD, str(BACKGROUND_NICE)],
             stdin=subprocess.PIPE,
             stdout=sealed_fd,
             stderr=subprocess.PIPE,

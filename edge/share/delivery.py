@@ -25,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.clock import Clock
+from edge.priority import yield_to_recording
 from edge.share import manifest
 from edge.share.audit import AuditLog
 from edge.share.outbox import Outbox, OutboxClip
@@ -96,7 +97,7 @@ class DeliveryWorker:
         self._wake.set()
 
     def _run(self) -> None:
-        _yield_to_recording()
+        yield_to_recording()
         while not self._stop_event.is_set():
             for record in self._store.in_states(["approved"]):
                 if self._stop_event.is_set():
@@ -263,17 +264,3 @@ def _write_durably(path: Path, data: bytes) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
-
-
-BACKGROUND_NICE = 10
-
-
-def _yield_to_recording() -> None:
-    """Lowers this thread's CPU priority (Linux: nice is per thread, and the threads
-    and age children it starts inherit it): an upload may wait, a frame cannot."""
-    try:
-        thread_id = threading.get_native_id()
-        niceness = os.getpriority(os.PRIO_PROCESS, thread_id)
-        os.setpriority(os.PRIO_PROCESS, thread_id, min(19, niceness + BACKGROUND_NICE))
-    except OSError as error:
-        log.debug("could not lower the delivery thread's priority: %s", error)
