@@ -487,10 +487,9 @@ def test_batch_handler_gets_what_has_queued_and_every_message_is_acked(
 def test_a_burst_of_mixed_sizes_arrives_whole_in_order_across_socket_reads(
     broker: MosquittoBroker,
 ) -> None:
-    """The listener reads its socket 64 KiB at a time (edge/share/mqtt.py,
-    _ReadAheadClient): a burst of back-to-back messages, from a few bytes up to
-    the 64 KiB limit, lands many packets in one read and splits others across
-    reads. Each must come out once, whole, in order."""
+    """A burst of back-to-back messages, from a few bytes up to the 64 KiB limit,
+    lands many packets in one TCP read and splits others across reads. Each must
+    come out once, whole, in order."""
     import random
 
     rng = random.Random(11)

@@ -173,51 +173,6 @@ def load_or_create_client_id(path: Path) -> str:
     return client_id
 
 
-class _ReadAheadClient(mqtt.Client):
-    """paho's client, reading its socket 64 KiB at a time.
-
-    paho 2.x reads each packet with three or more ``recv`` calls (the command
-    byte, each byte of the length, then the rest), each a system call that gives
-    Python's interpreter lock up and takes it back, after a ``select``. Under a
-    flood that is most of the network thread's cost, and every hand-back waits
-    for the judging thread. Here one ``recv`` fills a buffer the next reads are
-    served from, and ``loop_read`` goes on while the buffer holds bytes (select
-    cannot see them). This overrides two of paho 2.x's own methods, ``_sock_recv``
-    and ``loop_read`` (paho is pinned below 3); tests/test_mqtt.py runs it against
-    a real mosquitto: floods, garbage, packets split across reads, reconnects.
-    """
-
-    READ_BYTES = 64 * 1024
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._read_ahead = memoryview(b"")
-        self._read_ahead_socket: object | None = None  # the connection it came from
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        if self._read_ahead_socket is not self._sock:  # a new connection: nothing carries over
-            self._read_ahead, self._read_ahead_socket = memoryview(b""), self._sock
-        if not self._read_ahead:
-            data = super()._sock_recv(max(bufsize, self.READ_BYTES))
-            if len(data) <= bufsize:
-                return data
-            self._read_ahead = memoryview(data)
-        taken = bytes(self._read_ahead[:bufsize])
-        self._read_ahead = self._read_ahead[bufsize:]
-        return taken
-
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
-        while (
-            rc == MQTTErrorCode.MQTT_ERR_SUCCESS
-            and self._read_ahead
-            and self._sock is not None
-            and self._read_ahead_socket is self._sock
-        ):
-            rc = super().loop_read(max_packets)
-        return rc
-
-
 class _DropLog:
     """Logs drops at most once per interval, with the count since the last line."""
 
@@ -349,7 +304,7 @@ class RequestListener:
         self._last_logged_error: str | None = None  # log a repeating failure once
         self._refused = False  # the broker refused this connection attempt (network thread)
 
-        client = _ReadAheadClient(
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=mqtt.MQTTv5,
