@@ -28,6 +28,7 @@ from edge.config import Config
 from edge.keys import KeyError_
 from edge.recorder import Recorder
 from edge.share.verify import Location, Policy, Trust
+from edge.stopping import stop_in_order
 from edge.systemd_notify import SystemdNotifier
 from edge.units import format_rfc3339_ms
 
@@ -269,18 +270,22 @@ class Daemon:
                 self.notifier.status(self.status_line())
                 self.stop_event.wait(wait_s)
         finally:
-            self.shutdown()
+            if not self.shutdown():
+                exit_code = 1
         return exit_code
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> bool:
+        """Stops every part (past any that fails); False if one failed."""
         self.notifier.stopping()
         # Recording first: the segment in progress is closed and stored before
         # anything on the network side can make the stop slow (systemd's
         # TimeoutStopSec ends in SIGKILL, which would lose that segment).
-        self.recorder.stop()
+        failed = stop_in_order([("recorder", self.recorder.stop)])
         if self.sharing is not None:
-            self.sharing.stop()
-        self.ring.close()
+            failed += self.sharing.stop()
+        failed += stop_in_order([("ring", self.ring.close)])
+        if failed:
+            log.error("stopped with errors in: %s (see the tracebacks above)", ", ".join(failed))
         stats = self.recorder.stats
         log.info(
             "stopped: %d frames, %d dropped, %d segments",
@@ -292,6 +297,7 @@ class Daemon:
             (self.config.device.data_dir / STATUS_FILE).unlink()
         except FileNotFoundError:
             pass
+        return not failed
 
 
 def run_daemon(config: Config, duration_s: float | None = None) -> int:

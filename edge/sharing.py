@@ -30,6 +30,7 @@ from edge.share.prompt import system_time_zone_name
 from edge.share.review import ReviewServer
 from edge.share.store import RequestStore
 from edge.share.tokens import TokenStore
+from edge.stopping import Step, stop_in_order
 
 log = logging.getLogger(__name__)
 
@@ -204,17 +205,21 @@ class Sharing:
             self.review.start()
         self.listener.start()
 
-    def stop(self) -> None:
+    def stop(self) -> list[str]:
+        """Stops every part, even past one that fails; returns the names of those that failed."""
         # Inputs first (no new work), then the workers, then the records.
-        self.listener.stop()
+        steps: list[Step] = [("MQTT listener", self.listener.stop)]
         if self.review is not None:
-            self.review.stop()
-        self.consent.stop()
-        self.delivery.stop()
-        self.dispatcher.stop()
-        self.tokens.close()
-        self.store.close()
-        self.audit.close()
+            steps.append(("review page", self.review.stop))
+        steps += [
+            ("consent worker", self.consent.stop),
+            ("delivery worker", self.delivery.stop),
+            ("notifier", self.dispatcher.stop),
+            ("review tokens", self.tokens.close),
+            ("request store", self.store.close),
+            ("audit log", self.audit.close),
+        ]
+        return stop_in_order(steps)
 
     def status(self) -> dict[str, Any]:
         link = self.listener.stats

@@ -380,7 +380,14 @@ class RequestListener:
         if self._worker.is_alive():
             logger.warning("request handler still busy after %.1f s; not waiting for it", timeout_s)
         self._client.disconnect()
-        self._client.loop_stop()
+        try:
+            self._client.loop_stop()
+        except AttributeError:
+            # paho-mqtt 2.2's loop_stop() checks client._thread, then joins it;
+            # the network thread, ending by itself after disconnect(), sets that
+            # to None on its way out and can do so in between (seen in CI: the
+            # daemon's stop died here). A thread that got that far has ended.
+            pass
         self._paho_log.removeHandler(self._paho_errors)
         with self._lock:
             self._connected = self._subscribed = False
