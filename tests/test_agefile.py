@@ -156,6 +156,30 @@ def test_the_reader_opens_what_pyrage_and_the_age_tool_write(tmp_path: Path, siz
     assert read_all(by_age, identity) == data
 
 
+def test_lent_views_hold_the_plaintext_in_order_while_the_next_batch_is_decrypted() -> None:
+    """read_view lends the decrypted batch itself (the uploader sends it as it
+    is): each view must stay intact until the next read, though the thread
+    decrypting ahead is filling the other buffer meanwhile."""
+    identity = x25519.Identity.generate()
+    data = os.urandom(40 * CHUNK + 123)  # several 1 MiB batches and a short last one
+    reader = agefile.AgeReader(
+        io.BytesIO(pyrage.encrypt(data, [identity.to_public()])), [str(identity)]
+    )
+    rng = random.Random(5)
+    position = 0
+    try:
+        while view := reader.read_view(rng.choice([1, 1000, CHUNK, 1 << 20, 1 << 22])):
+            ahead = reader._next  # type: ignore[attr-defined]
+            if ahead is not None:
+                ahead.result()  # the next batch is decrypted: the lent one is still whole
+            assert bytes(view) == data[position : position + len(view)]
+            position += len(view)
+        assert position == len(data)
+        assert reader.read_view(10) == b""  # the end stays the end
+    finally:
+        reader.close()
+
+
 def test_the_reader_refuses_a_file_not_sealed_to_its_keys() -> None:
     sealed = pyrage.encrypt(b"footage", [x25519.Identity.generate().to_public()])
     with pytest.raises(agefile.AgeFileError, match="not sealed to any key held here"):

@@ -17,7 +17,7 @@ import subprocess
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pyrage
 import pytest
@@ -196,39 +196,6 @@ def _b64decode(part: str) -> bytes:
 
 def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def test_a_clip_pushed_by_its_builder_is_encrypted_as_it_is_written(tmp_path: Path) -> None:
-    agency = pyrage.x25519.Identity.generate()
-    pieces = [os.urandom(n) for n in (1, 70_000, 3 * 1024 * 1024, 5)]
-
-    def build(sink: BinaryIO) -> str:  # stands in for build_clip(ring, a, b, sink)
-        for piece in pieces:
-            sink.write(piece)
-        return "clip info"
-
-    d = m.new_delivery_id()
-    out_path = tmp_path / m.clip_file_name(d, encrypted=True)
-    with out_path.open("wb") as out:
-        digest, info = m.encrypt_clip_written_by(build, str(agency.to_public()), out, delivery_id=d)
-    assert info == "clip info"
-    ciphertext = out_path.read_bytes()
-    assert digest.sha256 == hashlib.sha256(ciphertext).hexdigest()
-    assert pyrage.decrypt(ciphertext, [agency]) == b"".join(pieces)
-    assert not [t for t in threading.enumerate() if t.name == "clip-writer"]
-
-
-def test_a_builder_that_fails_fails_the_encryption_with_its_own_error() -> None:
-    agency = pyrage.x25519.Identity.generate()
-
-    def build(sink: BinaryIO) -> None:
-        sink.write(os.urandom(500_000))
-        raise RuntimeError("segment 7 is damaged")
-
-    with pytest.raises(RuntimeError, match="segment 7"):
-        m.encrypt_clip_written_by(
-            build, str(agency.to_public()), io.BytesIO(), delivery_id=m.new_delivery_id()
-        )
 
 
 def test_a_sealed_clip_reads_back_from_any_offset_and_stops_cleanly(tmp_path: Path) -> None:

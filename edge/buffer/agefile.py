@@ -172,15 +172,22 @@ class AgeReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
+        view = self.read_view(len(buffer))
+        buffer[: len(view)] = view
+        return len(view)
+
+    def read_view(self, max_bytes: int) -> memoryview:
+        """Up to ``max_bytes`` of plaintext, empty at the end, without a copy: a view
+        of the decrypted batch, valid only until the next read from this reader."""
         while not self._plaintext:
             if self._next is None:
-                return 0
+                return memoryview(b"")
+            # The batch before this one is no longer read: its buffer takes the next.
             self._plaintext = self._next.result()  # raises the batch's AgeFileError
             self._next = None if self._ended else self._executor.submit(self._decrypt_more)
-        count = min(len(buffer), len(self._plaintext))
-        buffer[:count] = self._plaintext[:count]
-        self._plaintext = self._plaintext[count:]
-        return count
+        view = self._plaintext[:max_bytes]
+        self._plaintext = self._plaintext[max_bytes:]
+        return view
 
     def close(self) -> None:
         if not self.closed:
@@ -241,14 +248,18 @@ class AgeReader(io.RawIOBase):
 
 
 def open_age_file(path: Path, identities: Sequence[x25519.Identity | str]) -> IO[bytes]:
-    """The plaintext of the age file at ``path``, decrypted as it is read (AgeReader)."""
+    """The plaintext of the age file at ``path``, decrypted as it is read (buffered)."""
+    return io.BufferedReader(open_age_reader(path, identities), buffer_size=CHUNK_BYTES)
+
+
+def open_age_reader(path: Path, identities: Sequence[x25519.Identity | str]) -> AgeReader:
+    """The same, unbuffered: for a reader that takes the plaintext by ``read_view``."""
     source = open(path, "rb")
     try:
-        reader = AgeReader(source, [str(identity) for identity in identities], name=path.name)
+        return AgeReader(source, [str(identity) for identity in identities], name=path.name)
     except BaseException:
         source.close()
         raise
-    return io.BufferedReader(reader, buffer_size=CHUNK_BYTES)
 
 
 def _open_header(

@@ -14,6 +14,7 @@ files are deleted; a delivered request's are deleted too.
 from __future__ import annotations
 
 import functools
+import io
 import logging
 import os
 import threading
@@ -214,8 +215,8 @@ class DeliveryWorker:
             temporary = path.with_name(f".{path.name}.tmp")
             try:
                 with (
-                    manifest.open_sealed_clip_at(
-                        clip.path, [self._outbox.identity], 0
+                    io.BufferedReader(
+                        manifest.open_sealed_clip_at(clip.path, [self._outbox.identity], 0)
                     ) as plaintext,
                     open(temporary, "wb") as out,
                 ):

@@ -8,27 +8,21 @@ key (RFC 8037, ``"alg": "EdDSA"``), whose ``file`` claim binds the exact bytes
 uploaded (size and SHA-256).
 
 Nothing here writes plaintext anywhere: ``encrypt_clip`` streams plaintext in
-and ciphertext out; ``digest_clip`` only reads. The clip builder pushes its
-output (``build_clip(..., out)``) while age pulls its input, so
-``encrypt_clip_written_by`` joins the two through an OS pipe (kernel memory,
-never a file) and a named thread; ``open_sealed_clip_at`` decrypts as it is read
-(edge/buffer/agefile.py).
+and ciphertext out; ``digest_clip`` only reads; ``open_sealed_clip_at`` decrypts
+as it is read (edge/buffer/agefile.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
-import os
 import re
-import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypeVar
+from typing import IO, Any
 
 import pyrage
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -37,11 +31,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edge.buffer.agefile import open_age_file
+from edge.buffer.agefile import AgeReader, open_age_reader
 from edge.share.jws import b64url_encode, sign_compact
 
 log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 MANIFEST_HEADER: dict[str, str] = {"alg": "EdDSA", "typ": "clip-manifest+jwt"}
 CLIP_SUFFIX = ".mp4"
@@ -182,43 +175,25 @@ def encrypt_clip(
     return FileDigest(clip_file_name(delivery_id, encrypted=True), writer.size, writer.hexdigest())
 
 
-def encrypt_clip_written_by(
-    write_clip: Callable[[BinaryIO], _T], recipient: str, out: IO[bytes], *, delivery_id: str
-) -> tuple[FileDigest, _T]:
-    """Encrypts what ``write_clip(sink)`` writes (e.g. ``build_clip(ring, a, b, sink)``)
-    to the recipient, streaming, and returns the ciphertext's digest and what
-    ``write_clip`` returned. ``write_clip`` runs on a thread of its own; its
-    exception, if any, is re-raised here (``out`` then holds a partial ciphertext
-    the caller deletes)."""
-    parse_recipient(recipient)  # a bad recipient fails before the clip is built
-    pipe = _ProducerPipe(write_clip, thread_name="clip-writer")
-    reader = io.BufferedReader(pipe, _READ_BLOCK_BYTES)
-    try:
-        digest = encrypt_clip(reader, recipient, out, delivery_id=delivery_id)
-    except BaseException:
-        reader.close()  # the writer's next write fails, and it ends
-        pipe.finish()  # the writer's own error, if it had one, is the cause: raise that
-        raise
-    reader.close()
-    return digest, pipe.finish()
-
-
 def open_sealed_clip_at(
     path: Path, identities: Sequence[pyrage.x25519.Identity], offset: int
-) -> IO[bytes]:
+) -> AgeReader:
     """The plaintext of an age-sealed clip file from ``offset`` on, decrypted as it
     is read (an upload resumed at the server's offset decrypts and drops the bytes
     before it). A clip these keys do not open raises ``ValueError`` at once; a damaged
-    one when the damaged part is read, before any byte of it is returned."""
+    one when the damaged part is read, before any byte of it is returned.
+
+    Unbuffered: the uploader sends each decrypted batch as it is (``read_view``);
+    a reader that wants whole reads wraps it in ``io.BufferedReader``."""
     if offset < 0:
         raise ValueError("offset must not be negative")
 
     # Decrypted a megabyte ahead on a thread of its own, while the upload sends.
-    stream = open_age_file(path, list(identities))
+    stream = open_age_reader(path, list(identities))
     try:
         left = offset
         while left:
-            skipped = len(stream.read(min(left, _READ_BLOCK_BYTES)))
+            skipped = len(stream.read_view(left))
             if not skipped:
                 raise ValueError(f"the sealed clip {path.name} is shorter than {offset} bytes")
             left -= skipped
@@ -226,60 +201,6 @@ def open_sealed_clip_at(
         stream.close()
         raise
     return stream
-
-
-class _ProducerPipe(io.RawIOBase):
-    """Reads what ``produce(sink)`` writes on a named thread, through an OS pipe.
-
-    At the end of the data, the producer's exception (if any) is raised from
-    ``read``; closing early makes the producer's next write fail, which ends it."""
-
-    def __init__(self, produce: Callable[[BinaryIO], Any], *, thread_name: str) -> None:
-        super().__init__()
-        read_fd, write_fd = os.pipe()
-        self._read_fd = read_fd
-        self._error: BaseException | None = None
-        self._result: Any = None
-        self._abandoned = False
-
-        def run() -> None:
-            try:
-                with open(write_fd, "wb", buffering=_READ_BLOCK_BYTES) as sink:
-                    self._result = produce(sink)
-            except BrokenPipeError as error:
-                if not self._abandoned:
-                    self._error = error
-            except BaseException as error:
-                self._error = error
-
-        self._thread = threading.Thread(target=run, name=thread_name, daemon=True)
-        self._thread.start()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = os.read(self._read_fd, len(buffer))
-        if not data:
-            self.finish()
-        buffer[: len(data)] = data
-        return len(data)
-
-    def finish(self) -> Any:
-        """Waits for the producer; raises its error or returns its result."""
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._result
-
-    def close(self) -> None:
-        if not self.closed:
-            self._abandoned = self._thread.is_alive()
-            os.close(self._read_fd)
-            self._thread.join(timeout=30)
-            if self._thread.is_alive():
-                log.error("%s did not stop after its reader closed", self._thread.name)
-        super().close()
 
 
 def digest_clip(plaintext: IO[bytes], *, delivery_id: str) -> FileDigest:

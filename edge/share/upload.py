@@ -51,7 +51,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol, runtime_checkable
 from urllib.parse import urljoin, urlsplit
 
 from edge.clock import Clock, SystemClock
@@ -233,6 +233,22 @@ def _split_host_port(netloc: str) -> tuple[str, str, str]:
 # --- what to send -----------------------------------------------------------------------------
 
 
+class Source(Protocol):
+    """What ``open_at`` returns: a binary stream (a file, BytesIO) or a ViewSource."""
+
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class ViewSource(Source, Protocol):
+    """A source that lends its own buffer (the age reader's decrypted batch): sent
+    as it is, with no copy into the uploader's."""
+
+    def read_view(self, max_bytes: int, /) -> memoryview: ...
+
+
 @dataclass(frozen=True, slots=True)
 class UploadFile:
     """One file of a delivery: its name, exact size, and a way to read it from any offset.
@@ -244,7 +260,7 @@ class UploadFile:
 
     name: str
     size: int
-    open_at: Callable[[int], IO[bytes]]
+    open_at: Callable[[int], Source]
 
     def __post_init__(self) -> None:
         if not _FILE_NAME.fullmatch(self.name) or ".." in self.name:
@@ -254,7 +270,7 @@ class UploadFile:
 
     @classmethod
     def from_bytes(cls, name: str, data: bytes) -> UploadFile:
-        def open_at(offset: int) -> IO[bytes]:
+        def open_at(offset: int) -> io.BytesIO:
             stream = io.BytesIO(data)
             stream.seek(offset)
             return stream
@@ -265,7 +281,7 @@ class UploadFile:
     def from_path(cls, name: str, path: Path) -> UploadFile:
         """A file on disk (ciphertext only: never a plaintext clip)."""
 
-        def open_at(offset: int) -> IO[bytes]:
+        def open_at(offset: int) -> io.BufferedReader:
             stream = path.open("rb")
             stream.seek(offset)
             return stream
@@ -568,7 +584,7 @@ class _Session:
             self.state[file.name] = _TUS_PREFIX + upload.url
             self.progressed = True
         self.observer.on_progress(file.name, offset, file.size)
-        stream: IO[bytes] | None = None
+        stream: Source | None = None
         position = -1
         try:
             while offset < file.size:
@@ -709,7 +725,7 @@ class _Session:
         method: str,
         path: str,
         headers: dict[str, str],
-        body: tuple[str, IO[bytes], int] | None = None,
+        body: tuple[str, Source, int] | None = None,
     ) -> _Response:
         try:
             connection = self._connect(origin)
@@ -733,25 +749,30 @@ class _Session:
             raise
 
     def _send_body(
-        self, connection: http.client.HTTPConnection, name: str, stream: IO[bytes], length: int
+        self, connection: http.client.HTTPConnection, name: str, stream: Source, length: int
     ) -> None:
         left = length
-        buffer = memoryview(bytearray(min(self.settings.block_bytes, length)))  # reused
+        lends = isinstance(stream, ViewSource)
+        buffer = memoryview(bytearray(0 if lends else min(self.settings.block_bytes, length)))
         while left:
             if self.stop_event.is_set():
                 raise UploadStopped(f"stopped while sending {name}")
+            block_bytes = min(self.settings.block_bytes, left)
             try:
-                count = stream.readinto(buffer[: min(len(buffer), left)])  # type: ignore[attr-defined]
+                if isinstance(stream, ViewSource):
+                    block = stream.read_view(block_bytes)
+                else:
+                    block = buffer[: stream.readinto(buffer[:block_bytes]) or 0]
             except Exception as error:  # the local source, not the network: retrying won't help
                 raise UploadFailed(
                     f"{name}: reading it failed: {error}", code="source_error"
                 ) from error
-            if not count:
+            if not block:
                 raise UploadFailed(
                     f"{name}: the source ended {left} bytes early", code="source_error"
                 )
-            connection.send(buffer[:count])
-            left -= count
+            connection.send(block)
+            left -= len(block)
 
     def _connect(self, origin: UploadTarget) -> http.client.HTTPConnection:
         if self._connection is not None and self._connection_origin is not None:
@@ -786,7 +807,7 @@ class _Session:
         self._connection = self._connection_origin = None
 
 
-def _open_source(file: UploadFile, offset: int) -> IO[bytes]:
+def _open_source(file: UploadFile, offset: int) -> Source:
     try:
         return file.open_at(offset)
     except Exception as error:
