@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyrage import IdentityError, RecipientError, x25519
 
 from edge.clock import Clock
+from edge.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ class KeyStore:
                 self._cache.pop(key_id, None)
                 deleted.append(key_id)
             if deleted:
-                _fsync_dir(self.keys_dir)
+                fsync_dir(self.keys_dir)
         for key_id in deleted:
             log.info("storage key %s deleted: no segment needs it any more", key_id)
         return deleted
@@ -349,7 +350,7 @@ def _ensure_private_dir(path: Path) -> None:
     if not path.is_dir():
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _remove_temp_leftovers(keys_dir: Path) -> None:
@@ -379,7 +380,7 @@ def _write_new_file(path: Path, data: bytes, *, mode: int) -> bool:
         return False
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
@@ -400,11 +401,3 @@ def _overwrite_and_unlink(path: Path) -> None:
     finally:
         os.close(fd)
     path.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -53,6 +53,7 @@ from edge.buffer.seal import (
 from edge.buffer.segment import Segment, SegmentMeta
 from edge.buffer.worker import Worker
 from edge.clock import Clock
+from edge.durable import fsync_dir
 from edge.keys import (
     KeyFileError,
     KeyStore,
@@ -411,7 +412,7 @@ class Ring(RingReader):
             if not directory.is_dir():
                 directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(directory, 0o700)
-                _fsync_dir(directory.parent)
+                fsync_dir(directory.parent)
         lock_fd = os.open(buffer_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -637,7 +638,7 @@ class Ring(RingReader):
             identities = self._keys.all_identities()
             for name in orphans:
                 self._reindex_orphan(name, identities)
-        _fsync_dir(self.segments_dir)
+        fsync_dir(self.segments_dir)
 
     def _reindex_orphan(self, name: str, identities: list[StorageKey]) -> None:
         # A file renamed into place but not yet indexed when the power went: it is
@@ -759,7 +760,7 @@ class Ring(RingReader):
     def _forget(self, victims: list[SegmentRecord]) -> None:
         if not victims:
             return
-        _fsync_dir(self.segments_dir)
+        fsync_dir(self.segments_dir)
         try:
             self._writer_index.delete([record.row_id for record in victims])
         except sqlite3.OperationalError as error:
@@ -823,15 +824,7 @@ def _write_durably(directory: Path, file_name: str, data: bytes | bytearray) -> 
         raise
     os.close(fd)
     os.rename(tmp, directory / file_name)
-    _fsync_dir(directory)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(directory)
 
 
 def _free_bytes(path: Path) -> int:

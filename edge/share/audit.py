@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.clock import Clock
+from edge.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -216,14 +217,6 @@ def _log_files(log_dir: Path) -> list[tuple[int, Path]]:
             found.append((int(match.group(1) or 0), log_dir / name))
     found.sort(key=lambda item: -item[0])
     return found
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _read_tail(path: Path, max_bytes: int) -> bytes:
@@ -722,7 +715,7 @@ class AuditLog:
             else:
                 path.rename(self._dir / f"{LOG_NAME}.{number + 1}")
         (self._dir / LOG_NAME).rename(self._dir / f"{LOG_NAME}.1")
-        _fsync_dir(self._dir)
+        fsync_dir(self._dir)
         with self._cond:
             self._stats["rotations"] += 1
         self._w_open_current()
@@ -733,7 +726,7 @@ class AuditLog:
         created = not path.exists()
         self._w_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         if created:
-            _fsync_dir(self._dir)
+            fsync_dir(self._dir)
         self._w_size = os.fstat(self._w_fd).st_size
         # Only "empty or not" matters for rotation; a reopened file counts as full enough.
         self._w_file_entries = 0 if self._w_size == 0 else 2

@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.clock import Clock
+from edge.durable import rename_durably, write_durably
 from edge.priority import yield_to_recording
 from edge.share import manifest
 from edge.share.audit import AuditLog
@@ -196,9 +197,7 @@ class DeliveryWorker:
                 approved_at_s=(record.decided_ms or self._clock.now_ms()) // 1000,
                 issued_at_s=self._clock.now_ms() // 1000,
             )
-            _write_durably(
-                manifest_path, manifest.sign_manifest(claims, self._signing_key).encode()
-            )
+            write_durably(manifest_path, manifest.sign_manifest(claims, self._signing_key).encode())
         manifest_file = UploadFile.from_path(
             manifest.manifest_file_name(delivery_id), manifest_path
         )
@@ -218,7 +217,9 @@ class DeliveryWorker:
                     io.BufferedReader(
                         manifest.open_sealed_clip_at(clip.path, [self._outbox.identity], 0)
                     ) as plaintext,
-                    open(temporary, "wb") as out,
+                    open(
+                        os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"
+                    ) as out,
                 ):
                     manifest.encrypt_clip(plaintext, recipient, out, delivery_id=delivery_id)
                     out.flush()
@@ -226,7 +227,7 @@ class DeliveryWorker:
             except ValueError as exc:
                 temporary.unlink(missing_ok=True)
                 raise DeliveryError(f"cannot encrypt the clip to the agency: {exc}") from None
-            os.replace(temporary, path)
+            rename_durably(temporary, path)
         digest = manifest.FileDigest(name, path.stat().st_size, _sha256_file(path))
         return UploadFile.from_path(name, path), digest
 
@@ -256,12 +257,3 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

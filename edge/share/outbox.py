@@ -26,6 +26,7 @@ from pyrage import x25519
 
 from edge.buffer.agefile import AgeFileError, open_age_file
 from edge.buffer.clip import ClipInfo, SegmentSource, build_clip
+from edge.durable import fsync_dir
 from edge.share import agechild
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class Outbox:
             note_temporary = path.with_name(f".{path.stem}.json.tmp")
             note_temporary.write_text(json.dumps(clip.note))
             os.replace(note_temporary, path.with_suffix(".json"))
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
             log.info(
                 "outbox: clip for request %s (%d bytes, sha256 %s…)",
                 request_id,
@@ -253,7 +254,7 @@ class Outbox:
             except FileNotFoundError:
                 pass
         if removed:
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
         return removed
 
     def request_ids(self) -> set[int]:
@@ -263,11 +264,3 @@ class Outbox:
             if match:
                 ids.add(int(match.group(1)))
         return ids
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,0 +1,27 @@
+"""edge/durable.py on real files (what a power cut does to a rename is not testable
+here: the suite's power-cut tests kill processes, and the page cache survives that)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+from edge.durable import rename_durably, write_durably
+
+
+def test_write_durably_replaces_the_file_whole_private_and_leaves_no_temporary(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "D.manifest.jws"
+    path.write_bytes(b"old")
+    write_durably(path, b"x" * 100_000)
+    assert path.read_bytes() == b"x" * 100_000
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D.manifest.jws"]
+
+
+def test_rename_durably_moves_the_temporary_onto_the_name(tmp_path: Path) -> None:
+    temporary, path = tmp_path / ".clip.tmp", tmp_path / "clip"
+    temporary.write_bytes(b"ciphertext")
+    rename_durably(temporary, path)
+    assert path.read_bytes() == b"ciphertext" and not temporary.exists()
