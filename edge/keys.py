@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pyrage import IdentityError, RecipientError, x25519
 
 from edge.clock import Clock
-from edge.durable import fsync_dir
+from edge.durable import fsync_dir, write_synced
 
 log = logging.getLogger(__name__)
 
@@ -362,18 +362,7 @@ def _remove_temp_leftovers(keys_dir: Path) -> None:
 def _write_new_file(path: Path, data: bytes, *, mode: int) -> bool:
     """Write atomically without ever replacing an existing file; False if it exists."""
     tmp = path.with_name(f"{_TMP_PREFIX}{path.name}-{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask may have taken bits we want (never adds any)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
+    write_synced(tmp, data, mode=mode)
     try:
         os.link(tmp, path)
     except FileExistsError:

@@ -53,7 +53,7 @@ from edge.buffer.seal import (
 from edge.buffer.segment import Segment, SegmentMeta
 from edge.buffer.worker import Worker
 from edge.clock import Clock
-from edge.durable import fsync_dir
+from edge.durable import fsync_dir, write_durably
 from edge.keys import (
     KeyFileError,
     KeyStore,
@@ -811,20 +811,8 @@ class RingFeed:
 
 def _write_durably(directory: Path, file_name: str, data: bytes | bytearray) -> None:
     """Temp name, write, fsync, rename, fsync the directory: all or nothing on disk."""
-    tmp = directory / f"{_TMP_PREFIX}{file_name}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.rename(tmp, directory / file_name)
-    fsync_dir(directory)
+    path = directory / file_name
+    write_durably(path, data, temporary=directory / f"{_TMP_PREFIX}{file_name}")
 
 
 def _free_bytes(path: Path) -> int:
