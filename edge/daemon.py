@@ -280,10 +280,10 @@ class Daemon:
         # Recording first: the segment in progress is closed and stored before
         # anything on the network side can make the stop slow (systemd's
         # TimeoutStopSec ends in SIGKILL, which would lose that segment).
-        failed = stop_in_order([("recorder", self.recorder.stop)])
-        if self.sharing is not None:
-            failed += self.sharing.stop()
-        failed += stop_in_order([("ring", self.ring.close)])
+        sharing_steps = self.sharing.stop_steps() if self.sharing is not None else []
+        failed = stop_in_order(
+            [("recorder", self.recorder.stop), *sharing_steps, ("ring", self.ring.close)]
+        )
         if failed:
             log.error("stopped with errors in: %s (see the tracebacks above)", ", ".join(failed))
         stats = self.recorder.stats

@@ -30,7 +30,7 @@ from edge.share.prompt import system_time_zone_name
 from edge.share.review import ReviewServer
 from edge.share.store import RequestStore
 from edge.share.tokens import TokenStore
-from edge.stopping import Step, stop_in_order
+from edge.stopping import Step
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +205,8 @@ class Sharing:
             self.review.start()
         self.listener.start()
 
-    def stop(self) -> list[str]:
-        """Stops every part, even past one that fails; returns the names of those that failed."""
+    def stop_steps(self) -> list[Step]:
+        """How to stop, in order (for ``stop_in_order``, which goes on past a failure)."""
         # Inputs first (no new work), then the workers, then the records.
         steps: list[Step] = [("MQTT listener", self.listener.stop)]
         if self.review is not None:
@@ -219,7 +219,7 @@ class Sharing:
             ("request store", self.store.close),
             ("audit log", self.audit.close),
         ]
-        return stop_in_order(steps)
+        return steps
 
     def status(self) -> dict[str, Any]:
         link = self.listener.stats

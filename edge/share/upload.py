@@ -751,18 +751,22 @@ class _Session:
     def _send_body(
         self, connection: http.client.HTTPConnection, name: str, stream: Source, length: int
     ) -> None:
+        read_block: Callable[[int], memoryview]
+        if isinstance(stream, ViewSource):
+            read_block = stream.read_view  # its own buffer, sent as it is
+        else:
+            buffer = memoryview(bytearray(min(self.settings.block_bytes, length)))  # reused
+            source = stream
+
+            def read_block(max_bytes: int) -> memoryview:
+                return buffer[: source.readinto(buffer[:max_bytes]) or 0]
+
         left = length
-        lends = isinstance(stream, ViewSource)
-        buffer = memoryview(bytearray(0 if lends else min(self.settings.block_bytes, length)))
         while left:
             if self.stop_event.is_set():
                 raise UploadStopped(f"stopped while sending {name}")
-            block_bytes = min(self.settings.block_bytes, left)
             try:
-                if isinstance(stream, ViewSource):
-                    block = stream.read_view(block_bytes)
-                else:
-                    block = buffer[: stream.readinto(buffer[:block_bytes]) or 0]
+                block = read_block(min(self.settings.block_bytes, left))
             except Exception as error:  # the local source, not the network: retrying won't help
                 raise UploadFailed(
                     f"{name}: reading it failed: {error}", code="source_error"
