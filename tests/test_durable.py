@@ -6,7 +6,9 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from edge.durable import rename_durably, write_durably
+import pytest
+
+from edge.durable import rename_durably, replacing_durably, write_durably
 
 
 def test_write_durably_replaces_the_file_whole_private_and_leaves_no_temporary(
@@ -25,3 +27,20 @@ def test_rename_durably_moves_the_temporary_onto_the_name(tmp_path: Path) -> Non
     temporary.write_bytes(b"ciphertext")
     rename_durably(temporary, path)
     assert path.read_bytes() == b"ciphertext" and not temporary.exists()
+
+
+def test_replacing_durably_leaves_the_old_file_and_no_temporary_when_writing_fails(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "D.mp4.age"
+    path.write_bytes(b"old")
+    with pytest.raises(ValueError, match="encryption failed"):
+        with replacing_durably(path) as out:
+            out.write(b"half a ciphertext")
+            raise ValueError("encryption failed")
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["D.mp4.age"]
+    with replacing_durably(path) as out:
+        out.write(b"whole")
+    assert path.read_bytes() == b"whole"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge.clock import Clock
-from edge.durable import rename_durably, write_durably
+from edge.durable import replacing_durably, write_durably
 from edge.priority import yield_to_recording
 from edge.share import manifest
 from edge.share.audit import AuditLog
@@ -211,23 +210,16 @@ class DeliveryWorker:
         path = self._path(request_id, delivery_id, "mp4.age")
         name = manifest.clip_file_name(delivery_id, encrypted=True)
         if not path.exists():
-            temporary = path.with_name(f".{path.name}.tmp")
             try:
                 with (
                     io.BufferedReader(
                         manifest.open_sealed_clip_at(clip.path, [self._outbox.identity], 0)
                     ) as plaintext,
-                    open(
-                        os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb"
-                    ) as out,
+                    replacing_durably(path) as out,
                 ):
                     manifest.encrypt_clip(plaintext, recipient, out, delivery_id=delivery_id)
-                    out.flush()
-                    os.fsync(out.fileno())
             except ValueError as exc:
-                temporary.unlink(missing_ok=True)
                 raise DeliveryError(f"cannot encrypt the clip to the agency: {exc}") from None
-            rename_durably(temporary, path)
         digest = manifest.FileDigest(name, path.stat().st_size, _sha256_file(path))
         return UploadFile.from_path(name, path), digest
 
