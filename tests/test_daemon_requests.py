@@ -40,10 +40,9 @@ def wait_for(predicate, timeout_s: float, what: str):  # type: ignore[no-untyped
         time.sleep(0.1)
 
 
-@pytest.fixture
-def daemon(
-    tmp_path: Path, broker: MosquittoBroker
-) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+def write_daemon_config(tmp_path: Path, broker_port: int) -> Path:
+    """The daemon's config for these tests: virtual camera 320x180 at 10 fps, 1 s
+    segments, the test platform trusted, console prompts, uploads to localhost."""
     config = tmp_path / "edge.toml"
     config.write_text(
         f"""
@@ -60,7 +59,7 @@ fps = 10
 segment_seconds = 1
 [mqtt]
 host = "127.0.0.1"
-port = {broker.port}
+port = {broker_port}
 [trust]
 platform_keys = ["{public_b64(PLATFORM_KEY)}"]
 [policy]
@@ -72,6 +71,14 @@ console = true
 allow_insecure_localhost = true
 """
     )
+    return config
+
+
+@pytest.fixture
+def daemon(
+    tmp_path: Path, broker: MosquittoBroker
+) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    config = write_daemon_config(tmp_path, broker.port)
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(

@@ -21,7 +21,7 @@ from broker import MosquittoBroker
 from edge.config import load_config
 from edge.daemon import STATUS_FILE, Daemon
 from edge.stopping import stop_in_order
-from signing import PLATFORM_KEY, public_b64
+from test_daemon_requests import write_daemon_config
 
 WAIT_S = 30.0
 
@@ -54,27 +54,7 @@ def test_a_listener_whose_stop_raises_does_not_keep_the_daemon_running(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    config_path = tmp_path / "edge.toml"
-    config_path.write_text(
-        f"""
-[device]
-data_dir = "{tmp_path / "data"}"
-latitude = 47.6
-longitude = -122.3
-timezone = "UTC"
-[camera]
-width = 320
-height = 180
-fps = 10
-[buffer]
-segment_seconds = 1
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-[trust]
-platform_keys = ["{public_b64(PLATFORM_KEY)}"]
-"""
-    )
+    config_path = write_daemon_config(tmp_path, broker.port)
     caplog.set_level(logging.INFO)
     threads_before = set(threading.enumerate())
     daemon = Daemon.build(load_config(config_path))
