@@ -7,6 +7,7 @@ with libx264 and muxes them like the segmenter does).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,7 @@ from edge.buffer.ring import (
     RingReader,
     SegmentDamaged,
 )
+from edge.buffer.seal import open_sealed, seal_segment
 from edge.clock import ManualClock
 from edge.keys import KeyPermissionError
 from ringtools import (
@@ -493,4 +495,104 @@ def test_a_failed_store_is_reported_on_the_next_submit_and_recording_can_go_on(
     ring.submit(segments[5])  # put's failure was put's to report: not raised again here
     ring.flush()
     assert listed_sequences(ring) == [0, 3, 5]
+    # The failed segments gave back their room in the store queue: more than it
+    # holds still go through.
+    for segment in segments[6:]:
+        ring.submit(segment)
+    ring.flush()
+    assert listed_sequences(ring) == [0, 3, 5, *range(6, len(segments))]
+    ring.close()
+
+
+def test_submit_waits_while_the_sealed_segments_not_yet_written_are_at_their_cap(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    segments = make_segments(RUN_A)
+    cap = STORE_QUEUE_SEGMENTS + 1  # the queue and the one being written
+    ring = open_ring(tmp_path, clock)
+    with ring._lock:  # the disk stalls, as in the test above
+        for segment in segments[:cap]:
+            ring.submit(segment)
+        one_more = threading.Thread(target=ring.submit, args=(segments[cap],))
+        one_more.start()
+        # A negative: it must still be waiting (memory stays bounded while the disk
+        # stalls). Half a second is ample for a submit that does not wait.
+        one_more.join(timeout=0.5)
+        assert one_more.is_alive()
+    one_more.join(timeout=60)
+    assert not one_more.is_alive()
+    ring.flush()
+    assert listed_sequences(ring) == [s.meta.sequence for s in segments[: cap + 1]]
+    ring.close()
+
+
+def test_a_segment_file_replaced_by_a_fresh_seal_with_matching_metadata_is_detected(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    # age lets anyone holding the (public) recipient seal a file: the stand-in below
+    # decrypts with the ring's key and carries the right metadata. What gives it
+    # away is the row's digest of the age header the ring wrote.
+    segments = make_segments(RUN_A)
+    ring = open_ring(tmp_path, clock)
+    put_all(ring, segments[:4], clock)
+    records = {r.meta.sequence: r for r in ring.overlapping(0, 2**62)}
+    seg_dir = tmp_path / "buffer" / SEGMENTS_DIR
+    key = ring._keys.current(clock)
+    stand_in = seal_segment(segments[2], [key.recipient])
+    assert open_sealed(bytes(stand_in), [key.identity]).meta == segments[2].meta
+    assert len(stand_in) == records[2].sealed_bytes
+    (seg_dir / records[2].file_name).write_bytes(stand_in)
+    # And one byte of segment 1's header (in its X25519 stanza) changed.
+    header = bytearray((seg_dir / records[1].file_name).read_bytes())
+    header[header.index(b"X25519 ") + 9] ^= 0x01
+    (seg_dir / records[1].file_name).write_bytes(header)
+    problems = {p.record.meta.sequence: p.reason for p in ring.verify()}
+    assert sorted(problems) == [1, 2]
+    assert all("content does not match its index row" in reason for reason in problems.values())
+    ring.close()
+
+
+def test_an_index_of_schema_1_is_read_as_it_is_and_brought_up_to_date_by_the_writer(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    segments = make_segments(RUN_A)
+    ring = open_ring(tmp_path, clock)
+    put_all(ring, segments[:4], clock)
+    ring.close()
+    seg_dir = tmp_path / "buffer" / SEGMENTS_DIR
+    # The index as schema 1 wrote it: no digested_bytes, each digest over the whole file.
+    with index_db(tmp_path) as db:
+        for (name,) in db.execute("SELECT file_name FROM segments").fetchall():
+            whole = hashlib.sha256((seg_dir / name).read_bytes()).digest()
+            db.execute("UPDATE segments SET sealed_sha256 = ? WHERE file_name = ?", (whole, name))
+        db.execute("ALTER TABLE segments DROP COLUMN digested_bytes")
+        db.execute("PRAGMA user_version = 1")
+
+    def schema() -> int:
+        with index_db(tmp_path) as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+    with RingReader.open(tmp_path) as reader:  # as `edge status` or `edge export` would
+        assert reader.status().segments == 4
+        assert reader.verify() == []
+    assert schema() == 1  # a reader changes nothing
+    ring = open_ring(tmp_path, clock)
+    assert schema() == 2
+    put_all(ring, segments[4:6], clock)
+    assert ring.verify() == []
+    with index_db(tmp_path) as db:
+        covered = dict(db.execute("SELECT sequence, digested_bytes FROM segments").fetchall())
+    assert [covered[i] for i in range(4)] == [None] * 4  # still the whole file
+    assert all(0 < covered[i] < 1000 for i in (4, 5))  # the header and nonce
+    # The old rows are still checked over the whole file.
+    records = {r.meta.sequence: r for r in ring.overlapping(0, 2**62)}
+    data = bytearray((seg_dir / records[0].file_name).read_bytes())
+    data[len(data) // 2] ^= 0x04
+    (seg_dir / records[0].file_name).write_bytes(data)
+    problems = {p.record.meta.sequence: p.reason for p in ring.verify()}
+    assert list(problems) == [0]
+    assert "content does not match its index row" in problems[0]
+    out = io.BytesIO()
+    build_clip(ring, T0_MS, T0_MS + 60_000, out)
+    assert decode_frame_numbers(out.getvalue()) == frames_of(segments[1:6])
     ring.close()

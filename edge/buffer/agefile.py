@@ -247,6 +247,19 @@ class AgeReader(io.RawIOBase):
         self._counter += 1
 
 
+def payload_offset(data: bytes | bytearray) -> int:
+    """Where the payload chunks of an age file held in memory begin: past the header
+    (its MAC line included) and the 16-byte payload nonce. Checks only the framing;
+    raises AgeFileError if the header does not end or nothing follows it."""
+    mac_line = data.find(b"\n--- ", 0, _MAX_HEADER_BYTES)
+    header_end = data.find(b"\n", mac_line + 5, _MAX_HEADER_BYTES) + 1 if mac_line >= 0 else 0
+    if header_end <= 0 or not data.startswith(b"age-encryption.org/v1\n"):
+        raise AgeFileError(f"not an age v1 file with a header under {_MAX_HEADER_BYTES} bytes")
+    if header_end + 16 > len(data):
+        raise AgeFileError("age file truncated: no payload nonce")
+    return header_end + 16
+
+
 def open_age_file(path: Path, identities: Sequence[x25519.Identity | str]) -> IO[bytes]:
     """The plaintext of the age file at ``path``, decrypted as it is read (buffered)."""
     return io.BufferedReader(open_age_reader(path, identities), buffer_size=CHUNK_BYTES)

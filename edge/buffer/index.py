@@ -17,7 +17,10 @@ from pathlib import Path
 
 from edge.buffer.segment import SegmentMeta
 
-SCHEMA_VERSION = 1
+# 2: digested_bytes, how much of the sealed file sealed_sha256 covers (its start:
+# edge/buffer/seal.py, sealed_digest); NULL in rows schema 1 wrote, whose digest
+# covers the whole file. A schema 1 index is brought up to 2 when the ring opens it.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS segments (
@@ -35,7 +38,8 @@ CREATE TABLE IF NOT EXISTS segments (
     video_bytes INTEGER NOT NULL,
     sealed_bytes INTEGER NOT NULL,
     sealed_sha256 BLOB NOT NULL,
-    key_id TEXT NOT NULL
+    key_id TEXT NOT NULL,
+    digested_bytes INTEGER
 );
 -- Covering index for window queries and the span scan: never touches the table.
 CREATE INDEX IF NOT EXISTS segments_by_time ON segments (first_frame_ms, last_frame_ms);
@@ -49,8 +53,11 @@ CREATE TABLE IF NOT EXISTS pins (
 
 _RECORD_COLUMNS = (
     "id, file_name, camera, run_id, sequence, first_frame_ms, last_frame_ms, frame_count,"
-    " clock_synced, width, height, video_bytes, sealed_bytes, sealed_sha256, key_id"
+    " clock_synced, width, height, video_bytes, sealed_bytes, sealed_sha256, key_id,"
+    " digested_bytes"
 )
+# A schema 1 index read by a process that does not migrate it (edge status, export).
+_RECORD_COLUMNS_1 = _RECORD_COLUMNS.replace("digested_bytes", "NULL")
 
 
 class IndexError_(Exception):
@@ -66,6 +73,7 @@ class SegmentRecord:
     sealed_bytes: int
     sealed_sha256: bytes
     key_id: str
+    digested_bytes: int | None  # of the sealed file, from its start; None: all of it
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +89,9 @@ class Pin:
 
 
 class SegmentIndex:
-    def __init__(self, connection: sqlite3.Connection) -> None:
+    def __init__(self, connection: sqlite3.Connection, *, schema: int = SCHEMA_VERSION) -> None:
         self._db = connection
+        self._columns = _RECORD_COLUMNS_1 if schema == 1 else _RECORD_COLUMNS
         # Longest segment (last - first frame) ever indexed: bounds window queries to
         # an index range. Recomputed on open, raised on insert, never lowered.
         row = self._db.execute(
@@ -106,11 +115,16 @@ class SegmentIndex:
             if version > SCHEMA_VERSION:
                 raise IndexError_(f"{path} has schema {version}, newer than this edge knows")
             if create:
+                if version == 1:
+                    with _Transaction(db):
+                        db.execute("ALTER TABLE segments ADD COLUMN digested_bytes INTEGER")
+                        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                version = SCHEMA_VERSION
         except sqlite3.DatabaseError as error:
             raise IndexError_(f"{path} is not a usable index: {error}") from None
-        return cls(db)
+        return cls(db, schema=version)
 
     def close(self) -> None:
         self._db.close()
@@ -125,13 +139,14 @@ class SegmentIndex:
         video_bytes: int,
         sealed_bytes: int,
         sealed_sha256: bytes,
+        digested_bytes: int,
         key_id: str,
     ) -> int:
         cursor = self._db.execute(
             "INSERT INTO segments (file_name, camera, run_id, sequence, first_frame_ms,"
             " last_frame_ms, frame_count, clock_synced, width, height, video_bytes,"
-            " sealed_bytes, sealed_sha256, key_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " sealed_bytes, sealed_sha256, digested_bytes, key_id)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 file_name,
                 meta.camera,
@@ -146,6 +161,7 @@ class SegmentIndex:
                 video_bytes,
                 sealed_bytes,
                 sealed_sha256,
+                digested_bytes,
                 key_id,
             ),
         )
@@ -178,7 +194,7 @@ class SegmentIndex:
         a clip must still play it after what came before.
         """
         rows = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM segments"
+            f"SELECT {self._columns} FROM segments"
             " WHERE first_frame_ms BETWEEN ? AND ? AND last_frame_ms >= ?"
             " ORDER BY id",
             (start_ms - self._max_span_ms, end_ms, start_ms),
@@ -188,13 +204,13 @@ class SegmentIndex:
     def oldest(self, after_row_id: int, limit: int) -> list[SegmentRecord]:
         """In arrival order (eviction order), starting after ``after_row_id``."""
         rows = self._db.execute(
-            f"SELECT {_RECORD_COLUMNS} FROM segments WHERE id > ? ORDER BY id LIMIT ?",
+            f"SELECT {self._columns} FROM segments WHERE id > ? ORDER BY id LIMIT ?",
             (after_row_id, limit),
         )
         return [_record(row) for row in rows]
 
     def all_records(self) -> Iterator[SegmentRecord]:
-        for row in self._db.execute(f"SELECT {_RECORD_COLUMNS} FROM segments ORDER BY id"):
+        for row in self._db.execute(f"SELECT {self._columns} FROM segments ORDER BY id"):
             yield _record(row)
 
     def totals(self) -> tuple[int, int]:
@@ -227,7 +243,7 @@ class SegmentIndex:
     def query_plan(self, start_ms: int, end_ms: int) -> str:
         """How SQLite runs ``overlapping`` (tests check it is an index range scan)."""
         rows = self._db.execute(
-            f"EXPLAIN QUERY PLAN SELECT {_RECORD_COLUMNS} FROM segments"
+            f"EXPLAIN QUERY PLAN SELECT {self._columns} FROM segments"
             " WHERE first_frame_ms BETWEEN ? AND ? AND last_frame_ms >= ?"
             " ORDER BY first_frame_ms, id",
             (start_ms - self._max_span_ms, end_ms, start_ms),
@@ -269,6 +285,7 @@ def _record(row: tuple[object, ...]) -> SegmentRecord:
         sealed_bytes,
         sealed_sha256,
         key_id,
+        digested_bytes,
     ) = row
     meta = SegmentMeta(
         camera=str(camera),
@@ -289,6 +306,7 @@ def _record(row: tuple[object, ...]) -> SegmentRecord:
         sealed_bytes=_int(sealed_bytes),
         sealed_sha256=bytes(sealed_sha256) if isinstance(sealed_sha256, bytes) else b"",
         key_id=str(key_id),
+        digested_bytes=None if digested_bytes is None else _int(digested_bytes),
     )
 
 

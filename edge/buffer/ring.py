@@ -18,7 +18,15 @@ write, the index row) on the ring's own store thread, so the recorder seals the
 next segment while the last one is fsynced, and a slow flush (SD cards stall for
 hundreds of milliseconds) never holds up encoding. ``put`` waits until its
 segment is stored; ``submit``, the recorder's way in, waits only while
-``STORE_QUEUE_SEGMENTS`` sealed segments are already queued for the disk.
+``STORE_QUEUE_SEGMENTS`` sealed segments are waiting for the disk.
+
+A segment stops waiting, and makes room for the next, once its bytes are handed
+to the kernel, just before its fsync, not when the store thread picks it up.
+Sealing holds Python's interpreter lock throughout; the fsync is the store
+thread's one long stretch without it. Started at pick-up, sealing stalled the
+store thread at its first system call and the two took turns (measured: a
+sealed ring stored at the rate of sealing plus storing); started at the fsync,
+it runs inside it (bench/buffer.py, ingest).
 
 ``Ring`` is the writer (the daemon); ``RingReader`` reads the same state from
 another process (``edge status``, ``edge export``) without changing it.
@@ -49,11 +57,12 @@ from edge.buffer.seal import (
     SealedSegmentError,
     open_sealed,
     seal_segment,
+    sealed_digest,
 )
 from edge.buffer.segment import Segment, SegmentMeta
 from edge.buffer.worker import Worker
 from edge.clock import Clock
-from edge.durable import fsync_dir, write_durably
+from edge.durable import fsync_dir, replacing_durably
 from edge.keys import (
     KeyFileError,
     KeyStore,
@@ -152,10 +161,12 @@ class _SealedSegment:
     meta: SegmentMeta
     video_bytes: int
     sealed: bytes | bytearray
+    digest: tuple[bytes, int]  # sealed_digest: (SHA-256, bytes covered)
     key_id: str
     waited_for: bool  # by put, which raises its own error; a submit's goes to the next one
     stored: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    holds_room: bool = True  # until its bytes are written (or it failed)
 
 
 @dataclass
@@ -253,8 +264,14 @@ class RingReader:
                 f"file holds {len(sealed)}{'+' if len(sealed) > record.sealed_bytes else ''} "
                 f"bytes, index says {record.sealed_bytes}: truncated, or replaced by another file",
             )
-        # Decrypted on the worker while this thread hashes: pyrage holds Python's
-        # lock throughout, hashlib lets go of it, so the two share two cores.
+        # Rows from schema 1 hash the whole file; from 2, its start (sealed_digest).
+        digested_bytes = record.digested_bytes
+        if digested_bytes is None:
+            digested_bytes = record.sealed_bytes
+        if not 0 < digested_bytes <= len(sealed):
+            raise self._damaged(record, f"index row's digest covers {digested_bytes} bytes")
+        # Decrypted on the worker while this thread hashes and works on ``meanwhile``:
+        # pyrage holds Python's lock throughout, hashlib lets go of it.
         decrypted: Future[OpenedSegment] | None = None
         problem = ""
         try:
@@ -262,7 +279,7 @@ class RingReader:
             decrypted = self._worker.submit(lambda: open_sealed(sealed, [identity]))
         except KeyFileError as error:
             problem = f"its storage key is not available: {error}"
-        digest = hashlib.sha256(sealed).digest()
+        digest = hashlib.sha256(memoryview(sealed)[:digested_bytes]).digest()
         if meanwhile is not None:
             meanwhile()
         opened: OpenedSegment | None = None
@@ -373,9 +390,10 @@ class Ring(RingReader):
         self._put_lock = threading.Lock()
         self._totals = _Totals()
         # Sealed segments; an Event is flush()'s marker, None tells the thread to end.
-        self._store_queue: queue.Queue[_SealedSegment | threading.Event | None] = queue.Queue(
-            maxsize=STORE_QUEUE_SEGMENTS
-        )
+        # Unbounded: _room bounds the sealed segments not yet written, the queued
+        # ones and the one being written.
+        self._store_queue: queue.Queue[_SealedSegment | threading.Event | None] = queue.Queue()
+        self._room = threading.Semaphore(STORE_QUEUE_SEGMENTS + 1)
         self._store_thread: threading.Thread | None = None
         self._store_error: BaseException | None = None  # a submitted segment that failed
         # The oldest row (None: the ring is empty), while known: most segments arrive
@@ -498,14 +516,21 @@ class Ring(RingReader):
             error, self._store_error = self._store_error, None
             if error is not None:
                 raise RingError(f"storing an earlier segment failed: {error}") from error
-            key = self._keys.current(self._clock)
-            sealed = _SealedSegment(
-                meta=meta,
-                video_bytes=len(segment.mp4),
-                sealed=seal_segment(segment, [key.recipient, *self._owners]),
-                key_id=key.key_id,
-                waited_for=waited_for,
-            )
+            self._room.acquire()
+            try:
+                key = self._keys.current(self._clock)
+                sealed_bytes = seal_segment(segment, [key.recipient, *self._owners])
+                sealed = _SealedSegment(
+                    meta=meta,
+                    video_bytes=len(segment.mp4),
+                    sealed=sealed_bytes,
+                    digest=sealed_digest(sealed_bytes),
+                    key_id=key.key_id,
+                    waited_for=waited_for,
+                )
+            except BaseException:
+                self._room.release()
+                raise
             if self._store_thread is None:
                 self._store_thread = threading.Thread(
                     target=self._store_loop, name="edge-ring-store", daemon=True
@@ -533,15 +558,16 @@ class Ring(RingReader):
                 if not sealed.waited_for:
                     self._store_error = error
             finally:
+                self._free_room(sealed)
                 sealed.stored.set()
 
     def _store(self, sealed: _SealedSegment) -> None:
         data = sealed.sealed
-        digest = self._worker.sha256(data)  # hashed beside the write
+        digest, digested_bytes = sealed.digest
         with self._lock:
             self._evict_to_limits(incoming_bytes=len(data))
         file_name = f"{secrets.token_hex(16)}.age"
-        if not self._store_file(file_name, data):
+        if not self._store_file(file_name, data, written=lambda: self._free_room(sealed)):
             self._drop(sealed.meta, "no space left even after evicting everything evictable")
             return
         for _ in range(_MAX_STORE_ATTEMPTS):
@@ -552,7 +578,8 @@ class Ring(RingReader):
                         meta=sealed.meta,
                         video_bytes=sealed.video_bytes,
                         sealed_bytes=len(data),
-                        sealed_sha256=digest.result(),
+                        sealed_sha256=digest,
+                        digested_bytes=digested_bytes,
                         key_id=sealed.key_id,
                     )
                     self._totals.segments += 1
@@ -650,12 +677,14 @@ class Ring(RingReader):
                 opened = open_sealed(sealed, [key.identity])
             except SealedSegmentError:
                 continue
+            digest, digested_bytes = sealed_digest(sealed)  # opened: framed as age
             self._writer_index.insert(
                 file_name=name,
                 meta=opened.meta,
                 video_bytes=opened.video_bytes,
                 sealed_bytes=len(sealed),
-                sealed_sha256=hashlib.sha256(sealed).digest(),
+                sealed_sha256=digest,
+                digested_bytes=digested_bytes,
                 key_id=key.key_id,
             )
             log.info("reconcile: re-indexed %s (%s)", name, _describe_meta(opened.meta))
@@ -777,10 +806,19 @@ class Ring(RingReader):
     def _is_pinned(self, record: SegmentRecord) -> bool:
         return any(pin.covers(record) for pin in self._totals.pins)
 
-    def _store_file(self, file_name: str, sealed: bytes | bytearray) -> bool:
+    def _free_room(self, sealed: _SealedSegment) -> None:
+        if sealed.holds_room:  # only the store thread changes it
+            sealed.holds_room = False
+            self._room.release()
+
+    def _store_file(
+        self, file_name: str, sealed: bytes | bytearray, *, written: Callable[[], None]
+    ) -> bool:
+        """Writes the file durably, evicting on a full disk; ``written`` is called once
+        its bytes are with the kernel, before the fsync. False: no room even so."""
         for _ in range(_MAX_STORE_ATTEMPTS):
             try:
-                _write_durably(self.segments_dir, file_name, sealed)
+                _write_durably(self.segments_dir, file_name, sealed, written=written)
                 return True
             except OSError as error:
                 if error.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -809,10 +847,21 @@ class RingFeed:
         self._ring.submit(segment)
 
 
-def _write_durably(directory: Path, file_name: str, data: bytes | bytearray) -> None:
-    """Temp name, write, fsync, rename, fsync the directory: all or nothing on disk."""
+def _write_durably(
+    directory: Path,
+    file_name: str,
+    data: bytes | bytearray,
+    *,
+    written: Callable[[], None] | None = None,
+) -> None:
+    """Temp name, write, fsync, rename, fsync the directory: all or nothing on disk.
+    ``written``: called between the write and the fsync."""
     path = directory / file_name
-    write_durably(path, data, temporary=directory / f"{_TMP_PREFIX}{file_name}")
+    with replacing_durably(path, temporary=directory / f"{_TMP_PREFIX}{file_name}") as out:
+        out.write(data)
+        if written is not None:
+            out.flush()
+            written()
 
 
 def _free_bytes(path: Path) -> int:

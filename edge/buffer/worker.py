@@ -1,14 +1,12 @@
 """A worker thread for the ring: work beside the work it checks.
 
-hashlib lets go of Python's interpreter lock while it hashes a large buffer;
-pyrage holds it throughout. So the ring decrypts a segment on the worker while
-the reading thread hashes it, and hashes a sealed segment on the worker while
-the store thread writes it: the two share two cores instead of taking turns.
+The ring decrypts a segment on the worker while the reading thread goes on (the
+clip builder hashes what it has written so far): hashlib lets go of Python's
+interpreter lock while it hashes a large buffer, so the two share two cores.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,9 +22,6 @@ class Worker:
         self._name = name
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
-
-    def sha256(self, data: bytes | bytearray | memoryview) -> Future[bytes]:
-        return self.submit(lambda: hashlib.sha256(data).digest())
 
     def close(self) -> None:
         with self._lock:
