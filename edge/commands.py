@@ -298,7 +298,7 @@ def _who() -> str:
 def approve(
     config: Config, request_id: str, start: str | None, end: str | None, sha256: str | None
 ) -> int:
-    from edge.share.review import ClipError, DecisionError
+    from edge.share.review_backend import ClipError, DecisionError
     from edge.units import format_rfc3339_ms
 
     yield_to_recording()  # it builds a clip beside the recording daemon
@@ -332,7 +332,7 @@ def approve(
 
 
 def deny(config: Config, request_id: str) -> int:
-    from edge.share.review import DecisionError
+    from edge.share.review_backend import DecisionError
 
     local_id = _local_id(request_id)
     with _store(config) as store:

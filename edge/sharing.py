@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.buffer.ring import Ring
 from edge.clock import Clock
@@ -27,10 +27,12 @@ from edge.share.mqtt import IncomingMessage, RequestListener, load_or_create_cli
 from edge.share.notify import DeliveryReport, PromptDispatcher, build_notifiers
 from edge.share.outbox import Outbox
 from edge.share.prompt import system_time_zone_name
-from edge.share.review import ReviewServer
 from edge.share.store import RequestStore
 from edge.share.tokens import TokenStore
 from edge.stopping import Step
+
+if TYPE_CHECKING:
+    from edge.share.review import ReviewServer
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,10 @@ class Sharing:
         )
         review = None
         if config.review.listen:
+            # Only here: the page's web framework (Flask, ~15 MB) is not loaded
+            # while the review page is off, the default.
+            from edge.share.review import ReviewServer
+
             review = ReviewServer(
                 config.review.listen,
                 consent,

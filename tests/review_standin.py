@@ -24,7 +24,7 @@ import numpy as np
 import pyrage
 
 from edge.clock import Clock
-from edge.share.review import ClipError, DecisionError, RequestView
+from edge.share.review_backend import ClipError, DecisionError, RequestView
 from edge.share.tokens import TokenStore
 
 CLIP_FPS = 10

@@ -23,7 +23,7 @@ from edge.share.footage import RingFootage
 from edge.share.intake import Intake, IntakeSettings
 from edge.share.notify import ConsoleNotifier, DeliveryReport, PromptDispatcher
 from edge.share.outbox import Outbox
-from edge.share.review import DecisionError
+from edge.share.review_backend import DecisionError
 from edge.share.store import RequestStore
 from edge.share.tokens import TokenError, TokenStore
 from edge.share.verify import Location, Policy

@@ -14,6 +14,8 @@ import logging
 import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -611,3 +613,21 @@ def test_server_refuses_half_a_tls_pair(tmp_path: Path) -> None:
                      TokenStore(tmp_path / "t.db"), ManualClock(0), tls_cert=tmp_path / "c")
     with pytest.raises(ValueError, match="HOST:PORT"):
         ReviewServer("8420", None, None, ManualClock(0))  # type: ignore[arg-type]
+
+
+def test_a_daemon_with_the_review_page_off_does_not_load_its_web_framework() -> None:
+    # The page is off by default; Flask and cheroot would cost ~10 MB of a Pi's
+    # memory for nothing. A fresh interpreter imports what `edge run` imports.
+    script = (
+        "import sys; import edge.cli, edge.daemon, edge.sharing, edge.share.consent;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'flask', 'werkzeug', 'cheroot'}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "[]"

@@ -31,7 +31,7 @@ from edge.share.geo import LonLat, distance_m
 from edge.share.notify import PromptDispatcher
 from edge.share.outbox import Outbox, OutboxClip, OutboxError
 from edge.share.prompt import Notice, Prompt
-from edge.share.review import ClipError, DecisionError, RequestView
+from edge.share.review_backend import ClipError, DecisionError, RequestView
 from edge.share.store import FINAL_STATES, RequestRecord, RequestStore
 from edge.share.tokens import TokenStore
 from edge.share.verify import Location
