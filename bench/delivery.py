@@ -1,6 +1,7 @@
 """Delivery: building the clip against `edge export`, uploading it against curl.
 
     python bench/delivery.py [--minutes 10] [--mbps 3] [--runs 3] [--rss-minutes 60]
+                             [--priority daemon|normal]
                              [--only build|upload]
 
 Needs tests/tus_server/node_modules (`npm ci --prefix tests/tus_server`) for the upload.
@@ -40,6 +41,13 @@ server (@tus/server + @tus/file-store on this machine):
   the fly from the sealed outbox copy (``open_sealed_clip_at``): decryption is
   counted against edge, not against curl.
 
+Both uploaders run at the priority the daemon gives its deliveries (nice
++BACKGROUND_NICE, edge/priority.py: recording comes first), the server at the
+bench's own, as a remote server would be; ``--priority normal`` runs both
+uploaders at the bench's own. It matters here only because the server shares
+the machine's two cores: at equal priority, the decrypting uploader's threads
+take turns with the server's.
+
 Each run's stored file is checked against the source's SHA-256. Prints the
 median wall time of each, the ratios to curl (target: within 1.2x), and the
 peak RSS of the edge uploader for ``--minutes`` and for ``--rss-minutes``
@@ -73,6 +81,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # _common.py
 import pyrage  # noqa: E402
 from _common import cpu_s, load_text, median, proc_status_mb  # noqa: E402
 
+from edge.priority import BACKGROUND_NICE  # noqa: E402
 from uploadservers import TusServer  # noqa: E402
 
 EDGE_CHILD = r"""
@@ -134,11 +143,11 @@ def make_clip(directory: Path, minutes: float, mbps: float) -> Clip:
     )
 
 
-def curl_upload(server: TusServer, path: Path) -> float:
+def curl_upload(server: TusServer, path: Path, nice: list[str]) -> float:
     size = path.stat().st_size
     started = time.monotonic()
     created = subprocess.run(
-        ["curl", "-sS", "-D", "-", "-o", "/dev/null", "-X", "POST",
+        [*nice, "curl", "-sS", "-D", "-", "-o", "/dev/null", "-X", "POST",
          "-H", "Tus-Resumable: 1.0.0", "-H", f"Upload-Length: {size}", server.url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
@@ -148,7 +157,7 @@ def curl_upload(server: TusServer, path: Path) -> float:
         if line.lower().startswith("location:")
     )
     subprocess.run(
-        ["curl", "-sS", "-f", "-o", "/dev/null", "-X", "PATCH", "-T", str(path),
+        [*nice, "curl", "-sS", "-f", "-o", "/dev/null", "-X", "PATCH", "-T", str(path),
          "-H", "Tus-Resumable: 1.0.0", "-H", "Upload-Offset: 0",
          "-H", "Content-Type: application/offset+octet-stream", location],
         check=True,
@@ -156,14 +165,14 @@ def curl_upload(server: TusServer, path: Path) -> float:
     return time.monotonic() - started
 
 
-def edge_upload(server: TusServer, clip: Clip, mode: str) -> tuple[float, float]:
+def edge_upload(server: TusServer, clip: Clip, mode: str, nice: list[str]) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of one edge upload in a process of its own."""
     if mode == "file":
         args = [str(clip.sealed), "D.mp4.age", str(clip.sealed_size), ""]
     else:
         args = [str(clip.sealed), "D.mp4", str(clip.size), clip.identity]
     result = subprocess.run(
-        [sys.executable, "-c", EDGE_CHILD, server.url, mode, *args],
+        [*nice, sys.executable, "-c", EDGE_CHILD, server.url, mode, *args],
         cwd=REPO_ROOT, capture_output=True, text=True, check=True,
     )  # fmt: skip
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -373,13 +382,15 @@ def bench_upload(args: argparse.Namespace, directory: Path) -> None:
             f"{clip.size / 1e6:.0f} MB plaintext, {clip.sealed_size / 1e6:.0f} MB sealed; "
             f"{load_text()}"
         )
+        nice = ["nice", "-n", str(BACKGROUND_NICE)] if args.priority == "daemon" else []
+        print(f"uploaders at {'nice +' + str(BACKGROUND_NICE) if nice else 'normal priority'}")
         times: dict[str, list[float]] = {"curl": [], **{label: [] for label in MODES.values()}}
         peak_mb: dict[str, float] = {}
         for _ in range(args.runs):  # interleaved, so drift hits all three alike
-            times["curl"].append(curl_upload(server, clip.plain))
+            times["curl"].append(curl_upload(server, clip.plain, nice))
             check_and_clear(server, clip.plain_sha256)
             for mode, label in MODES.items():
-                seconds, rss_mb = edge_upload(server, clip, mode)
+                seconds, rss_mb = edge_upload(server, clip, mode, nice)
                 times[label].append(seconds)
                 peak_mb[label] = max(peak_mb.get(label, 0.0), rss_mb)
         floor = statistics.median(times["curl"])
@@ -397,7 +408,7 @@ def bench_upload(args: argparse.Namespace, directory: Path) -> None:
         long_clip = make_clip(directory, args.rss_minutes, args.mbps)
         long_clip.plain.unlink()
         for mode, label in MODES.items():
-            _, long_mb = edge_upload(server, long_clip, mode)
+            _, long_mb = edge_upload(server, long_clip, mode, nice)
             growth = long_mb - peak_mb[label]
             print(
                 f"{label:>16}: peak RSS {peak_mb[label]:.1f} MB ({args.minutes:g} min), "
@@ -416,6 +427,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rss-minutes", type=float, default=60, help="0 skips the RSS check")
     parser.add_argument("--only", choices=["build", "upload"], default=None)
+    parser.add_argument("--priority", choices=["daemon", "normal"], default="daemon",
+                        help="the uploaders' CPU priority: the daemon's for deliveries, or normal")
     parser.add_argument("--build-child", nargs=5, help=argparse.SUPPRESS,
                         metavar=("MODE", "DATA_DIR", "OUT_DIR", "START_MS", "END_MS"))
     args = parser.parse_args()
