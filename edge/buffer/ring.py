@@ -18,7 +18,7 @@ write, the index row) on the ring's own store thread, so the recorder seals the
 next segment while the last one is fsynced, and a slow flush (SD cards stall for
 hundreds of milliseconds) never holds up encoding. ``put`` waits until its
 segment is stored; ``submit``, the recorder's way in, waits only while
-``STORE_QUEUE_SEGMENTS`` sealed segments are waiting for the disk.
+``STORE_QUEUE_SEGMENTS`` sealed segments are queued behind one being written.
 
 A segment stops waiting, and makes room for the next, once its bytes are handed
 to the kernel, just before its fsync, not when the store thread picks it up.
@@ -84,8 +84,9 @@ DISK_RESERVE_BYTES = 1024 * 1024
 DEFAULT_GAP_THRESHOLD_MS = 1000  # frames further apart than this are a gap (restart, cut)
 _EVICTION_BATCH = 256
 _MAX_STORE_ATTEMPTS = 16
-# Sealed segments waiting for the disk (2 MB each at 8 Mbit/s). A power cut loses
-# these along with the one being written; two ride out a slow flush.
+# Sealed segments queued behind the one being written (2 MB each at 8 Mbit/s),
+# while a last one may still be in its fsync. A power cut loses these along with
+# those two; two ride out a slow flush.
 STORE_QUEUE_SEGMENTS = 2
 
 
@@ -391,7 +392,7 @@ class Ring(RingReader):
         self._totals = _Totals()
         # Sealed segments; an Event is flush()'s marker, None tells the thread to end.
         # Unbounded: _room bounds the sealed segments not yet written, the queued
-        # ones and the one being written.
+        # ones and the one being written (not one already written, in its fsync).
         self._store_queue: queue.Queue[_SealedSegment | threading.Event | None] = queue.Queue()
         self._room = threading.Semaphore(STORE_QUEUE_SEGMENTS + 1)
         self._store_thread: threading.Thread | None = None
