@@ -41,7 +41,8 @@ CREATE TABLE IF NOT EXISTS segments (
     key_id TEXT NOT NULL,
     digested_bytes INTEGER
 );
--- Covering index for window queries and the span scan: never touches the table.
+-- Window queries are range scans of it (then read only the rows they return);
+-- the span scan (first and last frame only) is covered: it never reads the table.
 CREATE INDEX IF NOT EXISTS segments_by_time ON segments (first_frame_ms, last_frame_ms);
 CREATE INDEX IF NOT EXISTS segments_by_key ON segments (key_id);
 CREATE TABLE IF NOT EXISTS pins (
