@@ -84,9 +84,9 @@ DISK_RESERVE_BYTES = 1024 * 1024
 DEFAULT_GAP_THRESHOLD_MS = 1000  # frames further apart than this are a gap (restart, cut)
 _EVICTION_BATCH = 256
 _MAX_STORE_ATTEMPTS = 16
-# Sealed segments queued behind the one being written (2 MB each at 8 Mbit/s),
-# while a last one may still be in its fsync. A power cut loses these along with
-# those two; two ride out a slow flush.
+# Sealed segments queued behind the one being written (2 MB each at 8 Mbit/s);
+# one written before it may still be in its fsync. A power cut loses all of
+# these; two queued ride out a slow flush.
 STORE_QUEUE_SEGMENTS = 2
 
 
