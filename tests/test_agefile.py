@@ -71,6 +71,20 @@ def test_layout_is_age_v1_with_one_x25519_stanza_per_recipient() -> None:
     # 16-byte nonce, then two chunks each with a 16-byte tag.
     assert len(sealed) == mac_line_end + 16 + len(data) + 2 * 16
     assert len(sealed) == agefile.sealed_size(len(data), mac_line_end)
+    assert agefile.payload_offset(sealed) == mac_line_end + 16  # past the header and nonce
+
+
+def test_payload_offset_finds_where_pyrages_payload_starts_and_refuses_what_is_not_age() -> None:
+    identity = x25519.Identity.generate()
+    sealed = pyrage.encrypt(b"x" * 100, [identity.to_public()])  # with pyrage's grease stanza
+    offset = agefile.payload_offset(sealed)
+    assert sealed[: offset - 16].endswith(b"\n") and b"\n--- " in sealed[: offset - 16]
+    assert len(sealed) - offset == 100 + 16  # one chunk and its tag
+    for junk in (b"", b"not age at all", b"age-encryption.org/v1\n-> X25519 cut",
+                 sealed[: offset - 1],  # the nonce cut short
+                 b"age-encryption.org/v1\n" + b"A" * (1 << 20) + b"\n--- mac\n" + bytes(16)):
+        with pytest.raises(agefile.AgeFileError):
+            agefile.payload_offset(junk)
 
 
 def test_every_file_has_its_own_keys_and_nonce() -> None:
