@@ -57,6 +57,42 @@ def test_the_age_tool_opens_it(tmp_path: Path, size: int) -> None:
     assert opened.stdout == data
 
 
+@pytest.mark.parametrize("size", SIZES)
+def test_a_stream_written_in_pieces_opens_with_pyrage_and_the_age_tool(
+    tmp_path: Path, size: int
+) -> None:
+    rng = random.Random(size)
+    identity = x25519.Identity.generate()
+    data = rng.randbytes(size)
+    out = io.BytesIO()
+    writer = agefile.AgeWriter(out, [str(identity.to_public())])
+    for part in split(data, rng):  # pieces of random sizes, chunk edges included
+        assert writer.write(part) == len(part)
+    writer.close()
+    sealed = out.getvalue()
+    assert len(sealed) == agefile.sealed_size(size, agefile.payload_offset(sealed) - 16)
+    assert pyrage.decrypt(sealed, [identity]) == data
+    key_file = tmp_path / "agency.key"
+    key_file.write_text(f"{identity}\n")
+    opened = subprocess.run(
+        ["age", "-d", "-i", str(key_file)], input=sealed, capture_output=True, check=True
+    )
+    assert opened.stdout == data
+
+
+def test_a_stream_cut_off_before_close_is_not_a_valid_age_file() -> None:
+    identity = x25519.Identity.generate()
+    out = io.BytesIO()
+    writer = agefile.AgeWriter(out, [str(identity.to_public())])
+    writer.write(os.urandom(3 * CHUNK + 5))  # three chunks sealed, none flagged last
+    with pytest.raises(pyrage.DecryptError):
+        pyrage.decrypt(out.getvalue(), [identity])
+    writer.close()
+    with pytest.raises(ValueError, match="closed"):
+        writer.write(b"more")
+    assert len(pyrage.decrypt(out.getvalue(), [identity])) == 3 * CHUNK + 5
+
+
 def test_layout_is_age_v1_with_one_x25519_stanza_per_recipient() -> None:
     recipients = [str(x25519.Identity.generate().to_public()) for _ in range(2)]
     data = os.urandom(CHUNK + 10)

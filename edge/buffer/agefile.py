@@ -1,4 +1,5 @@
-"""age v1 files (age-encryption.org/v1) with X25519 keys: writing, and reading as a stream.
+"""age v1 files (age-encryption.org/v1) with X25519 keys: writing (a segment whole,
+in memory; a clip as a stream) and reading as a stream.
 
 It exists because the ring seals every segment on the recording thread: pyrage's
 ChaCha20-Poly1305 takes ~3 ms for a 2 MB segment here, OpenSSL's, through
@@ -41,7 +42,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -76,19 +77,7 @@ def encrypt(parts: Sequence[bytes | memoryview], recipients: Sequence[str]) -> b
     Each chunk is sealed straight into its place in the one buffer returned: the
     plaintext is not joined and the ciphertext not copied.
     """
-    if not recipients:
-        raise ValueError("at least one recipient is needed")
-    file_key = os.urandom(16)
-    lines = [b"age-encryption.org/v1\n"]
-    for recipient in recipients:
-        lines.append(_x25519_stanza(file_key, recipient_key(recipient)))
-    lines.append(b"---")
-    header = b"".join(lines)
-    mac = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
-    header += b" " + _b64(mac) + b"\n"
-    nonce = os.urandom(16)
-    payload = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-
+    header, nonce, payload = _new_file(recipients)
     plaintext_bytes = sum(memoryview(part).nbytes for part in parts)
     out = bytearray(sealed_size(plaintext_bytes, len(header)))
     out[: len(header)] = header
@@ -100,13 +89,71 @@ def encrypt(parts: Sequence[bytes | memoryview], recipients: Sequence[str]) -> b
     counter = 0
     for following in chunks:  # every chunk but the last
         end = position + len(chunk) + _TAG_BYTES
-        payload.encrypt_into(counter.to_bytes(11, "big") + b"\x00", chunk, None, view[position:end])
+        payload.encrypt_into(_chunk_nonce(counter, last=False), chunk, None, view[position:end])
         position, chunk, counter = end, following, counter + 1
     end = position + len(chunk) + _TAG_BYTES
-    payload.encrypt_into(counter.to_bytes(11, "big") + b"\x01", chunk, None, view[position:end])
+    payload.encrypt_into(_chunk_nonce(counter, last=True), chunk, None, view[position:end])
     if end != len(out):
         raise AssertionError(f"age file is {end} bytes, expected {len(out)}")
     return out
+
+
+class Writable(Protocol):
+    def write(self, data: memoryview, /) -> object: ...
+
+
+class AgeWriter:
+    """An age file written to ``out`` as its plaintext comes, for streams too long
+    to hold (a clip for an agency): ``write`` pieces of any size, then ``close``.
+
+    ``close`` seals the last chunk, which age flags as last: a stream cut off
+    before it (an error, a crash) is never a valid age file, so a part can
+    never pass for the whole. ``out`` must not keep the buffers it is given
+    (files and hashing wrappers copy them). Memory: one chunk.
+    """
+
+    def __init__(self, out: Writable, recipients: Sequence[str]) -> None:
+        header, nonce, self._payload = _new_file(recipients)
+        self._out = out
+        self._pending = bytearray()  # at most a chunk: it may turn out to be the last
+        self._sealed = bytearray(_SEALED_CHUNK_BYTES)
+        self._counter = 0
+        self._closed = False
+        out.write(memoryview(header + nonce))
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self._closed:
+            raise ValueError("write to a closed AgeWriter")
+        view = memoryview(data).cast("B")
+        taken = len(view)
+        if len(self._pending) + len(view) <= CHUNK_BYTES:
+            self._pending += view
+            return taken
+        if self._pending:  # filled up to a chunk, and more follows: not the last
+            need = CHUNK_BYTES - len(self._pending)
+            self._pending += view[:need]
+            view = view[need:]
+            self._seal(self._pending, last=False)
+        while len(view) > CHUNK_BYTES:  # whole chunks straight from the caller's bytes
+            self._seal(view[:CHUNK_BYTES], last=False)
+            view = view[CHUNK_BYTES:]
+        self._pending = bytearray(view)
+        return taken
+
+    def close(self) -> None:
+        """Seals the last chunk (empty only if nothing was written). Does not close ``out``."""
+        if not self._closed:
+            self._seal(self._pending, last=True)
+            self._pending = bytearray()
+            self._closed = True
+
+    def _seal(self, chunk: bytes | bytearray | memoryview, *, last: bool) -> None:
+        if self._counter >= _MAX_CHUNKS:
+            raise ValueError("plaintext too long for one age file")
+        out = memoryview(self._sealed)[: len(chunk) + _TAG_BYTES]
+        self._payload.encrypt_into(_chunk_nonce(self._counter, last=last), chunk, None, out)
+        self._out.write(out)
+        self._counter += 1
 
 
 def sealed_size(plaintext_bytes: int, header_bytes: int) -> int:
@@ -120,9 +167,13 @@ def sealed_size(plaintext_bytes: int, header_bytes: int) -> int:
 @functools.lru_cache(maxsize=32)
 def recipient_key(recipient: str) -> X25519PublicKey:
     """The X25519 public key of an ``age1...`` recipient (Bech32, checksum checked)."""
-    hrp, data = _bech32_decode(recipient)
+    what = f"not an age X25519 recipient (age1...): {recipient[:80]!r}"
+    try:
+        hrp, data = _bech32_decode(recipient)
+    except RecipientError as error:
+        raise RecipientError(f"{what}: {error}") from None
     if hrp != "age" or len(data) != 32:
-        raise RecipientError(f"not an age X25519 recipient: {recipient[:80]!r}")
+        raise RecipientError(what)
     return X25519PublicKey.from_public_bytes(data)
 
 
@@ -236,9 +287,8 @@ class AgeReader(io.RawIOBase):
     def _decrypt_chunk(self, chunk: memoryview, out: memoryview, *, last: bool) -> None:
         if self._counter >= _MAX_CHUNKS:
             raise AgeFileError(f"{self._name} is too long for an age file")
-        nonce = self._counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
         try:
-            self._payload.decrypt_into(nonce, chunk, None, out)
+            self._payload.decrypt_into(_chunk_nonce(self._counter, last=last), chunk, None, out)
         except InvalidTag:
             what = "truncated or damaged" if last else "damaged"
             raise AgeFileError(
@@ -366,6 +416,27 @@ def _b64_decode(text: bytes, expected_bytes: int, name: str) -> bytes:
     if len(data) != expected_bytes or _b64(data) != text:
         raise AgeFileError(f"{name}: malformed base64 in the age header")
     return data
+
+
+def _new_file(recipients: Sequence[str]) -> tuple[bytes, bytes, ChaCha20Poly1305]:
+    """A fresh file key wrapped for every recipient: (header up to and including its
+    MAC line, payload nonce, the payload's cipher)."""
+    if not recipients:
+        raise ValueError("at least one recipient is needed")
+    file_key = os.urandom(16)
+    lines = [b"age-encryption.org/v1\n"]
+    for recipient in recipients:
+        lines.append(_x25519_stanza(file_key, recipient_key(recipient)))
+    lines.append(b"---")
+    header = b"".join(lines)
+    mac = hmac.new(_hkdf(file_key, b"", b"header"), header, hashlib.sha256).digest()
+    nonce = os.urandom(16)
+    payload = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
+    return header + b" " + _b64(mac) + b"\n", nonce, payload
+
+
+def _chunk_nonce(counter: int, *, last: bool) -> bytes:
+    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
 
 
 def _x25519_stanza(file_key: bytes, recipient: X25519PublicKey) -> bytes:

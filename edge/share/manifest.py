@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edge.buffer.agefile import AgeReader, open_age_reader
+from edge.buffer.agefile import AgeReader, AgeWriter, open_age_reader
 from edge.share.jws import b64url_encode, sign_compact
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class _HashingWriter:
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._out.write(data)
         self._hash.update(data)
         self.size += len(data)
@@ -146,16 +146,6 @@ class _HashingWriter:
         return self._hash.hexdigest()
 
 
-def parse_recipient(recipient: str) -> pyrage.x25519.Recipient:
-    """The request's ``recipient`` as an age X25519 recipient; ValueError otherwise."""
-    if not isinstance(recipient, str) or not recipient.startswith("age1"):
-        raise ValueError("recipient is not an age X25519 recipient (age1…)")
-    try:
-        return pyrage.x25519.Recipient.from_str(recipient)
-    except pyrage.RecipientError as error:
-        raise ValueError(f"recipient is not an age X25519 recipient: {error}") from None
-
-
 def encrypt_clip(
     plaintext: IO[bytes], recipient: str, out: IO[bytes], *, delivery_id: str
 ) -> FileDigest:
@@ -163,14 +153,14 @@ def encrypt_clip(
 
     Reads ``plaintext`` to its end and writes the ciphertext to ``out`` (which
     may be a file: only ciphertext reaches it). Returns the digest of the
-    ciphertext, the bytes the manifest describes and the upload sends.
+    ciphertext, the bytes the manifest describes and the upload sends. Raises
+    ValueError (RecipientError) for a recipient that is not ``age1...``.
     """
-    parsed = parse_recipient(recipient)
     writer = _HashingWriter(out)
-    try:
-        pyrage.encrypt_io(plaintext, writer, [parsed])
-    except pyrage.EncryptError as error:
-        raise ValueError(f"age encryption failed: {error}") from error
+    sealer = AgeWriter(writer, [recipient])
+    while block := plaintext.read(_READ_BLOCK_BYTES):
+        sealer.write(block)
+    sealer.close()
     writer.flush()
     return FileDigest(clip_file_name(delivery_id, encrypted=True), writer.size, writer.hexdigest())
 
