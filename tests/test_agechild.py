@@ -1,6 +1,6 @@
 """age sealing in a child process (edge/share/agechild.py): real children, real age files.
 
-The child is the same Python running pyrage; what is checked is what the outbox
+The child is the same Python running edge/buffer/agefile.py; what is checked is what the outbox
 relies on: the bytes come out as a standard age file (pyrage, the reader in
 edge/buffer/agefile.py and the `age` tool open it), a child that cannot write
 says why, and it runs below the recording's priority.

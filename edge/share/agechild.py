@@ -1,16 +1,14 @@
 """age encryption of a whole clip in a child process, beside the build.
 
-pyrage holds Python's interpreter lock for as long as it encrypts; in the
-daemon's own process it would take turns on one core with the clip builder. In
-a child process of its own (the same Python, ``-I``, pyrage, at a lower
-priority) it runs on another core. Plaintext only ever passes through a pipe
-(kernel memory); the recipient goes to the child on its standard input.
+Encryption holds Python's interpreter lock while it works; in the daemon's own
+process it would take turns on one core with the clip builder. In a child
+process of its own (the same Python, ``-I``, edge/buffer/agefile.py's
+``AgeWriter``, at a lower priority) it runs on another core. Plaintext only
+ever passes through a pipe (kernel memory); the recipient goes to the child on
+its standard input.
 
 ``Sealer``: plaintext written to ``stdin`` comes out as age, to one recipient,
 in a file the caller opened (mode 0600, its own temporary name).
-
-(Opening a clip needs no child: edge/buffer/agefile.py decrypts with OpenSSL,
-five times faster than pyrage, a chunk at a time.)
 """
 
 from __future__ import annotations
@@ -19,6 +17,7 @@ import contextlib
 import fcntl
 import subprocess
 import sys
+from pathlib import Path
 from typing import IO
 
 import pyrage
@@ -32,8 +31,10 @@ _MAX_ERROR_BYTES = 4096
 _CHILD = """
 import os
 import sys
-import pyrage
-from pyrage import x25519
+
+os.nice(int(sys.argv[1]))  # bulk work for sharing: recording comes first
+sys.path.insert(0, sys.argv[2])  # where this edge is: -I leaves the environment out
+from edge.buffer.agefile import AgeWriter
 
 def keys():
     lines = []
@@ -41,14 +42,16 @@ def keys():
         lines.append(line.decode())
     return lines
 
-os.nice(int(sys.argv[1]))  # bulk work for sharing: recording comes first
 try:
-    recipients = [x25519.Recipient.from_str(key) for key in keys()]
-    pyrage.encrypt_io(sys.stdin.buffer, sys.stdout.buffer, recipients)
+    sealer = AgeWriter(sys.stdout.buffer, keys())
+    while block := sys.stdin.buffer.read1(1 << 20):
+        sealer.write(block)
+    sealer.close()
     sys.stdout.buffer.flush()
 except Exception as error:
     sys.exit(f"{type(error).__name__}: {error}")
 """
+_EDGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class AgeChildError(ValueError):
@@ -61,7 +64,7 @@ class Sealer:
 
     def __init__(self, recipient: pyrage.x25519.Recipient, sealed_fd: int) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-I", "-c", _CHILD, str(BACKGROUND_NICE)],
+            [sys.executable, "-I", "-c", _CHILD, str(BACKGROUND_NICE), _EDGE_ROOT],
             stdin=subprocess.PIPE,
             stdout=sealed_fd,
             stderr=subprocess.PIPE,
