@@ -206,6 +206,44 @@ def test_the_reader_opens_what_pyrage_and_the_age_tool_write(tmp_path: Path, siz
     assert read_all(by_age, identity) == data
 
 
+@pytest.mark.parametrize("size", [*SIZES, 16 * CHUNK + 1])
+def test_decrypt_in_memory_opens_what_pyrage_the_age_tool_and_encrypt_write(
+    tmp_path: Path, size: int
+) -> None:
+    identity = x25519.Identity.generate()
+    other = x25519.Identity.generate()
+    data = random.Random(size).randbytes(size)
+    by_pyrage = pyrage.encrypt(data, [other.to_public(), identity.to_public()])
+    assert agefile.decrypt(by_pyrage, [str(identity)]) == data
+    plain = tmp_path / "plain"
+    plain.write_bytes(data)
+    by_age = subprocess.run(
+        ["age", "-r", str(identity.to_public()), str(plain)], capture_output=True, check=True
+    ).stdout
+    assert agefile.decrypt(by_age, [str(identity)]) == data
+    ours = agefile.encrypt([data], [str(identity.to_public())])
+    assert agefile.decrypt(ours, [str(other), str(identity)]) == data
+    with pytest.raises(agefile.AgeFileError, match="not sealed to any key held here"):
+        agefile.decrypt(ours, [str(other)])
+
+
+def test_decrypt_in_memory_refuses_every_damage_the_reader_refuses() -> None:
+    identity = x25519.Identity.generate()
+    data = os.urandom(3 * CHUNK + 100)
+    sealed = pyrage.encrypt(data, [identity.to_public()])
+    start = agefile.payload_offset(sealed)
+    damaged = [sealed[: start + (CHUNK + 16) * k] for k in (0, 1, 2, 3)]  # chunk edges
+    damaged += [sealed[:-1], sealed[:-17], sealed + b"\0", sealed + sealed[-(CHUNK + 16) :]]
+    rng = random.Random(11)
+    for position in rng.sample(range(len(sealed)), 60):
+        flipped = bytearray(sealed)
+        flipped[position] ^= 1 << rng.randrange(8)
+        damaged.append(bytes(flipped))
+    for bad in damaged:
+        with pytest.raises(agefile.AgeFileError):
+            agefile.decrypt(bad, [str(identity)])
+
+
 def test_lent_views_hold_the_plaintext_in_order_while_the_next_batch_is_decrypted() -> None:
     """read_view lends the decrypted batch itself (the uploader sends it as it
     is): each view must stay intact until the next read, though the thread

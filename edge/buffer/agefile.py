@@ -1,5 +1,5 @@
-"""age v1 files (age-encryption.org/v1) with X25519 keys: writing (a segment whole,
-in memory; a clip as a stream) and reading as a stream.
+"""age v1 files (age-encryption.org/v1) with X25519 keys: writing and reading a
+segment whole, in memory; writing a clip as a stream and reading one as a stream.
 
 It exists because the ring seals every segment on the recording thread: pyrage's
 ChaCha20-Poly1305 takes ~3 ms for a 2 MB segment here, OpenSSL's, through
@@ -295,6 +295,41 @@ class AgeReader(io.RawIOBase):
                 f"{self._name} is {what}: chunk {self._counter} does not authenticate"
             ) from None
         self._counter += 1
+
+
+def decrypt(sealed: bytes | bytearray, identities: Sequence[str], *, name: str = "") -> bytearray:
+    """The plaintext of an age file held in memory (a segment), each chunk authenticated
+    on the way: raises AgeFileError for keys that do not open it, or any damage."""
+    name = name or "the file"
+    source = io.BytesIO(sealed)
+    payload_key, carry = _open_header(source, [identity_key(i) for i in identities], name)
+    payload = memoryview(sealed)[source.tell() - len(carry) :]
+    chunks = max(1, -(-len(payload) // _SEALED_CHUNK_BYTES))
+    last_bytes = len(payload) - (chunks - 1) * _SEALED_CHUNK_BYTES
+    # The last chunk holds at least its tag, and is empty only if the whole file is.
+    if last_bytes < _TAG_BYTES or (last_bytes == _TAG_BYTES and chunks > 1):
+        raise AgeFileError(f"{name} is truncated")
+    if chunks > _MAX_CHUNKS:
+        raise AgeFileError(f"{name} is too long for an age file")
+    cipher = ChaCha20Poly1305(payload_key)
+    out = bytearray(len(payload) - chunks * _TAG_BYTES)
+    view = memoryview(out)
+    for counter in range(chunks):
+        last = counter == chunks - 1
+        start = counter * _SEALED_CHUNK_BYTES
+        end = start + (last_bytes if last else _SEALED_CHUNK_BYTES)
+        written = counter * CHUNK_BYTES
+        try:
+            cipher.decrypt_into(
+                _chunk_nonce(counter, last=last),
+                payload[start:end],
+                None,
+                view[written : written + end - start - _TAG_BYTES],
+            )
+        except InvalidTag:
+            what = "truncated or damaged" if last else "damaged"
+            raise AgeFileError(f"{name} is {what}: chunk {counter} does not authenticate") from None
+    return out
 
 
 def payload_offset(data: bytes | bytearray) -> int:

@@ -124,7 +124,7 @@ def build_clip(
         for record in records:
             try:
                 # The output so far is hashed while the segment decrypts: hashlib
-                # lets go of Python's lock, pyrage does not, so the two overlap.
+                # lets go of Python's lock, so the two overlap.
                 opened = ring.open_segment(record, meanwhile=sink.hash_pending)
                 if joiner is None:
                     joiner = _Joiner.start(sink, opened, gap_threshold_ms)
@@ -269,7 +269,7 @@ class _Joiner:
             bytes=self._sink.bytes,
         )
 
-    def _fits(self, data: bytes, layout: fmp4.SegmentLayout) -> bool:
+    def _fits(self, data: bytes | bytearray, layout: fmp4.SegmentLayout) -> bool:
         """Joins as it is: same track and time scale, starts with a key frame that
         decoders can start from (the clip's SPS/PPS, or its own in band), and its
         decode times fit the tfdt fields they go into."""
@@ -297,7 +297,7 @@ class _Joiner:
         return round(self._offset * 1000 / self._track.timescale)
 
 
-def _layout_or_none(data: bytes) -> fmp4.SegmentLayout | None:
+def _layout_or_none(data: bytes | bytearray) -> fmp4.SegmentLayout | None:
     try:
         return fmp4.parse_segment(data)
     except fmp4.NotJoinable as reason:

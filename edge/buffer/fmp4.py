@@ -84,12 +84,12 @@ class SegmentLayout:
     track: Track
     fragments: tuple[Fragment, ...]
 
-    def init(self, data: bytes | memoryview) -> bytes:
+    def init(self, data: bytes | bytearray | memoryview) -> bytes:
         """The segment's ftyp and moov boxes, as they are."""
         return bytes(data[slice(*self.ftyp)]) + bytes(data[slice(*self.moov)])
 
 
-def parse_segment(data: bytes | memoryview) -> SegmentLayout:
+def parse_segment(data: bytes | bytearray | memoryview) -> SegmentLayout:
     view = memoryview(data)
     top = list(_boxes(view, 0, len(view)))
     while len(top) > 1 and top[1][0] == b"uuid":  # our metadata box, in a sealed segment
@@ -118,7 +118,9 @@ def parse_segment(data: bytes | memoryview) -> SegmentLayout:
     return SegmentLayout(ftyp, (moov_start, moov_end), has_edit_list, track, tuple(fragments))
 
 
-def has_parameter_sets_in_band(data: bytes | memoryview, fragment: Fragment, track: Track) -> bool:
+def has_parameter_sets_in_band(
+    data: bytes | bytearray | memoryview, fragment: Fragment, track: Track
+) -> bool:
     """True if the fragment's first sample carries an SPS and a PPS before its picture."""
     view = memoryview(data)[
         fragment.first_sample_at : fragment.first_sample_at + fragment.first_sample_size

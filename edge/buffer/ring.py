@@ -271,8 +271,8 @@ class RingReader:
             digested_bytes = record.sealed_bytes
         if not 0 < digested_bytes <= len(sealed):
             raise self._damaged(record, f"index row's digest covers {digested_bytes} bytes")
-        # Decrypted on the worker while this thread hashes and works on ``meanwhile``:
-        # pyrage holds Python's lock throughout, hashlib lets go of it.
+        # Decrypted on the worker while this thread works on ``meanwhile`` (the clip
+        # builder hashes its output, and hashlib lets go of Python's lock).
         decrypted: Future[OpenedSegment] | None = None
         problem = ""
         try:

@@ -13,14 +13,12 @@ Only this module and edge/keys.py touch ciphers and keys.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-import pyrage
 from pyrage import x25519
 
 from edge.buffer import agefile
@@ -44,7 +42,7 @@ class SealedSegmentError(Exception):
 class OpenedSegment:
     meta: SegmentMeta
     video_bytes: int  # size of the segment's MP4 as recorded (without the metadata box)
-    plaintext: bytes  # as decrypted: the MP4 with the metadata box after ftyp
+    plaintext: bytes | bytearray  # as decrypted: the MP4 with the metadata box after ftyp
     meta_box: tuple[int, int]  # where that box lies in ``plaintext`` (start, end)
 
     @property
@@ -94,13 +92,10 @@ def sealed_digest(sealed: bytes | bytearray) -> tuple[bytes, int]:
 
 def open_sealed(sealed: bytes, identities: Sequence[x25519.Identity]) -> OpenedSegment:
     """Decrypt and take apart a sealed segment. Raises SealedSegmentError with the reason."""
-    out = io.BytesIO()  # in memory only: a failed open may leave part of it here
-    try:
-        pyrage.decrypt_io(io.BytesIO(sealed), out, list(identities))
-    except (pyrage.DecryptError, OSError) as error:
-        # decrypt_io reports a failed payload chunk (bit flip, truncation) as OSError.
+    try:  # in memory only
+        data = agefile.decrypt(sealed, [str(identity) for identity in identities])
+    except agefile.AgeFileError as error:
         raise SealedSegmentError(f"does not decrypt: altered or damaged ({error})") from None
-    data = out.getvalue()
     plaintext = memoryview(data)
     ftyp_end = _first_box_end(plaintext, b"ftyp")
     if ftyp_end is None:
