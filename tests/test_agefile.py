@@ -227,19 +227,25 @@ def test_decrypt_in_memory_opens_what_pyrage_the_age_tool_and_encrypt_write(
         agefile.decrypt(ours, [str(other)])
 
 
-def test_decrypt_in_memory_refuses_every_damage_the_reader_refuses() -> None:
-    identity = x25519.Identity.generate()
-    data = os.urandom(3 * CHUNK + 100)
-    sealed = pyrage.encrypt(data, [identity.to_public()])
+def damaged_copies(sealed: bytes, seed: int) -> list[bytes]:
+    """Cuts at every chunk edge (the empty payload too) and inside a chunk, bytes
+    appended (a stray byte, a whole chunk again), and 60 single flipped bits."""
     start = agefile.payload_offset(sealed)
-    damaged = [sealed[: start + (CHUNK + 16) * k] for k in (0, 1, 2, 3)]  # chunk edges
+    chunks = -(-(len(sealed) - start) // (CHUNK + 16))
+    damaged = [sealed[: start + (CHUNK + 16) * k] for k in range(chunks)]
     damaged += [sealed[:-1], sealed[:-17], sealed + b"\0", sealed + sealed[-(CHUNK + 16) :]]
-    rng = random.Random(11)
+    rng = random.Random(seed)
     for position in rng.sample(range(len(sealed)), 60):
         flipped = bytearray(sealed)
         flipped[position] ^= 1 << rng.randrange(8)
         damaged.append(bytes(flipped))
-    for bad in damaged:
+    return damaged
+
+
+def test_decrypt_in_memory_refuses_every_damage_the_reader_refuses() -> None:
+    identity = x25519.Identity.generate()
+    sealed = pyrage.encrypt(os.urandom(3 * CHUNK + 100), [identity.to_public()])
+    for bad in damaged_copies(sealed, seed=11):
         with pytest.raises(agefile.AgeFileError):
             agefile.decrypt(bad, [str(identity)])
 
@@ -281,15 +287,7 @@ def test_the_reader_never_returns_what_does_not_authenticate() -> None:
     identity = x25519.Identity.generate()
     data = os.urandom(3 * CHUNK + 100)
     sealed = pyrage.encrypt(data, [identity.to_public()])
-    payload_start = len(sealed) - (len(data) + 4 * 16) - 16
-    damaged = [sealed[: payload_start + 16 + (CHUNK + 16) * k] for k in (1, 2, 3)]  # chunk edges
-    damaged += [sealed[:-1], sealed[:-17], sealed + b"\0", sealed + sealed[-(CHUNK + 16) :]]
-    rng = random.Random(9)
-    for position in rng.sample(range(len(sealed)), 60):
-        flipped = bytearray(sealed)
-        flipped[position] ^= 1 << rng.randrange(8)
-        damaged.append(bytes(flipped))
-    for bad in damaged:
+    for bad in damaged_copies(sealed, seed=9):
         got = bytearray()
         with pytest.raises(agefile.AgeFileError):
             reader = agefile.AgeReader(io.BytesIO(bad), [str(identity)])
