@@ -14,6 +14,7 @@ files are deleted; a delivered request's are deleted too.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import threading
@@ -209,7 +210,9 @@ class DeliveryWorker:
         on every resume: age encryption is randomised)."""
         path = self._path(request_id, delivery_id, "mp4.age")
         name = manifest.clip_file_name(delivery_id, encrypted=True)
-        if not path.exists():
+        if path.exists():  # made before a restart: its bytes are read back once
+            digest = manifest.FileDigest(name, path.stat().st_size, _sha256_file(path))
+        else:
             try:
                 with (
                     io.BufferedReader(
@@ -217,10 +220,12 @@ class DeliveryWorker:
                     ) as plaintext,
                     replacing_durably(path) as out,
                 ):
-                    manifest.encrypt_clip(plaintext, recipient, out, delivery_id=delivery_id)
+                    # Hashed as it is written: no second pass over the file.
+                    digest = manifest.encrypt_clip(
+                        plaintext, recipient, out, delivery_id=delivery_id
+                    )
             except ValueError as exc:
                 raise DeliveryError(f"cannot encrypt the clip to the agency: {exc}") from None
-        digest = manifest.FileDigest(name, path.stat().st_size, _sha256_file(path))
         return UploadFile.from_path(name, path), digest
 
     def _finish(
@@ -242,8 +247,6 @@ class DeliveryWorker:
 
 
 def _sha256_file(path: Path) -> str:
-    import hashlib
-
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
