@@ -285,15 +285,7 @@ class AgeReader(io.RawIOBase):
         return out_view[:written]
 
     def _decrypt_chunk(self, chunk: memoryview, out: memoryview, *, last: bool) -> None:
-        if self._counter >= _MAX_CHUNKS:
-            raise AgeFileError(f"{self._name} is too long for an age file")
-        try:
-            self._payload.decrypt_into(_chunk_nonce(self._counter, last=last), chunk, None, out)
-        except InvalidTag:
-            what = "truncated or damaged" if last else "damaged"
-            raise AgeFileError(
-                f"{self._name} is {what}: chunk {self._counter} does not authenticate"
-            ) from None
+        _open_chunk(self._payload, self._counter, chunk, out, last=last, name=self._name)
         self._counter += 1
 
 
@@ -309,8 +301,6 @@ def decrypt(sealed: bytes | bytearray, identities: Sequence[str], *, name: str =
     # The last chunk holds at least its tag, and is empty only if the whole file is.
     if last_bytes < _TAG_BYTES or (last_bytes == _TAG_BYTES and chunks > 1):
         raise AgeFileError(f"{name} is truncated")
-    if chunks > _MAX_CHUNKS:
-        raise AgeFileError(f"{name} is too long for an age file")
     cipher = ChaCha20Poly1305(payload_key)
     out = bytearray(len(payload) - chunks * _TAG_BYTES)
     view = memoryview(out)
@@ -319,16 +309,14 @@ def decrypt(sealed: bytes | bytearray, identities: Sequence[str], *, name: str =
         start = counter * _SEALED_CHUNK_BYTES
         end = start + (last_bytes if last else _SEALED_CHUNK_BYTES)
         written = counter * CHUNK_BYTES
-        try:
-            cipher.decrypt_into(
-                _chunk_nonce(counter, last=last),
-                payload[start:end],
-                None,
-                view[written : written + end - start - _TAG_BYTES],
-            )
-        except InvalidTag:
-            what = "truncated or damaged" if last else "damaged"
-            raise AgeFileError(f"{name} is {what}: chunk {counter} does not authenticate") from None
+        _open_chunk(
+            cipher,
+            counter,
+            payload[start:end],
+            view[written : written + end - start - _TAG_BYTES],
+            last=last,
+            name=name,
+        )
     return out
 
 
@@ -472,6 +460,25 @@ def _new_file(recipients: Sequence[str]) -> tuple[bytes, bytes, ChaCha20Poly1305
 
 def _chunk_nonce(counter: int, *, last: bool) -> bytes:
     return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
+
+
+def _open_chunk(
+    cipher: ChaCha20Poly1305,
+    counter: int,
+    chunk: memoryview,
+    out: memoryview,
+    *,
+    last: bool,
+    name: str,
+) -> None:
+    """Decrypts payload chunk ``counter`` into ``out``; AgeFileError unless it authenticates."""
+    if counter >= _MAX_CHUNKS:
+        raise AgeFileError(f"{name} is too long for an age file")
+    try:
+        cipher.decrypt_into(_chunk_nonce(counter, last=last), chunk, None, out)
+    except InvalidTag:
+        what = "truncated or damaged" if last else "damaged"
+        raise AgeFileError(f"{name} is {what}: chunk {counter} does not authenticate") from None
 
 
 def _x25519_stanza(file_key: bytes, recipient: X25519PublicKey) -> bytes:
