@@ -26,7 +26,7 @@ from pyrage import x25519
 
 from edge.buffer.agefile import AgeFileError, open_age_file
 from edge.buffer.clip import ClipInfo, SegmentSource, build_clip
-from edge.durable import fsync_dir
+from edge.durable import fsync_dir, write_durably
 from edge.share import agechild
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,12 @@ class Outbox:
                 path=path,
             )
             os.replace(temporary, path)
-            note_temporary = path.with_name(f".{path.stem}.json.tmp")
-            note_temporary.write_text(json.dumps(clip.note))
-            os.replace(note_temporary, path.with_suffix(".json"))
-            fsync_dir(self.dir)
+            # The note's own write fsyncs the directory: the clip's rename with it.
+            write_durably(
+                path.with_suffix(".json"),
+                json.dumps(clip.note).encode(),
+                temporary=path.with_name(f".{path.stem}.json.tmp"),
+            )
             log.info(
                 "outbox: clip for request %s (%d bytes, sha256 %s…)",
                 request_id,
