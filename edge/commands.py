@@ -172,6 +172,7 @@ def _status_text(
 
 def export(config: Config, start_text: str, end_text: str, output: Path) -> int:
     from edge.buffer.clip import NoFootage, build_clip
+    from edge.durable import replacing_durably
     from edge.units import format_rfc3339_ms
 
     yield_to_recording()  # it builds a clip beside the recording daemon
@@ -182,21 +183,18 @@ def export(config: Config, start_text: str, end_text: str, output: Path) -> int:
         raise UserError("--end must be after --start", exit_code=2)
     if output.exists() and output.is_dir():
         raise UserError(f"{output} is a directory; give a file name such as clip.mp4", exit_code=2)
-    temporary = output.with_name(f".{output.name}.part")
     with _open_reader(config) as reader:
+        # Written as .NAME.part, fsynced, then renamed: the name only ever holds a
+        # whole clip, even across a power cut, and the clip is on the disk (or the
+        # USB stick) once this says it is written. Mode 0600: it is footage.
+        temporary = output.with_name(f".{output.name}.part")
         try:
-            with open(temporary, "wb") as handle:
-                info = build_clip(reader, start_ms, end_ms, handle)
+            with replacing_durably(output, temporary=temporary) as out:
+                info = build_clip(reader, start_ms, end_ms, out)
         except NoFootage as exc:
-            temporary.unlink(missing_ok=True)
             raise UserError(f"no footage: {exc}") from None
         except OSError as exc:
-            temporary.unlink(missing_ok=True)
-            raise UserError(f"{output}: cannot write: {exc.strerror}") from None
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
-    os.replace(temporary, output)
+            raise UserError(f"{output}: cannot write: {exc.strerror or exc}") from None
     print(
         f"wrote {output}: {info.frames} frames, {format_rfc3339_ms(info.first_frame_ms)} to "
         f"{format_rfc3339_ms(info.last_frame_ms)}, sha256 {info.sha256}"

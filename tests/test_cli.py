@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -124,6 +125,8 @@ def test_run_for_a_duration_then_status_and_export(recorded: Path, tmp_path: Pat
         str(out),
     )
     assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # footage: the owner's alone
+    assert not (tmp_path / ".clip.mp4.part").exists()
     frames = decode(out)
     times = [f.capture_time_ms for f in frames]
     assert len(frames) >= 35  # 4 s at 10 fps, less start-up

@@ -3,12 +3,13 @@ here: the suite's power-cut tests kill processes, and the page cache survives th
 
 from __future__ import annotations
 
+import random
 import stat
 from pathlib import Path
 
 import pytest
 
-from edge.durable import rename_durably, replacing_durably, write_durably
+from edge.durable import WRITEBACK_BYTES, rename_durably, replacing_durably, write_durably
 
 
 def test_write_durably_replaces_the_file_whole_private_and_leaves_no_temporary(
@@ -43,4 +44,21 @@ def test_replacing_durably_leaves_the_old_file_and_no_temporary_when_writing_fai
     with replacing_durably(path) as out:
         out.write(b"whole")
     assert path.read_bytes() == b"whole"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_long_file_written_in_pieces_comes_out_whole(tmp_path: Path) -> None:
+    # Past WRITEBACK_BYTES the file's pages are sent to disk as it grows (and
+    # dropped from the cache): what is read back must still be every byte.
+    rng = random.Random(7)
+    data = rng.randbytes(3 * WRITEBACK_BYTES + 12345)
+    path = tmp_path / "clip.mp4.age"
+    position = 0
+    with replacing_durably(path) as out:
+        while position < len(data):
+            size = rng.choice([1, 4096, 65_552, 1 << 20, 5 << 20])
+            piece = memoryview(data)[position : position + size]
+            assert out.write(piece) == len(piece)
+            position += len(piece)
+    assert path.read_bytes() == data
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

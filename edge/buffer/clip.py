@@ -33,7 +33,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import IO, Protocol
+from typing import Protocol
 
 import av
 
@@ -54,6 +54,12 @@ _FALLBACK_FRAME_S = Fraction(1, 30)
 
 class NoFootage(Exception):
     """The ring holds no (usable) footage of the window."""
+
+
+class ClipOut(Protocol):
+    """Where a clip goes, front to back: a file, a pipe, a sealing stream."""
+
+    def write(self, data: bytes | memoryview, /) -> object: ...
 
 
 class SegmentSource(Protocol):
@@ -102,7 +108,7 @@ def build_clip(
     ring: SegmentSource,
     start_ms: int,
     end_ms: int,
-    out: IO[bytes],
+    out: ClipOut,
     *,
     gap_threshold_ms: int = DEFAULT_GAP_THRESHOLD_MS,
 ) -> ClipInfo:
@@ -150,7 +156,7 @@ class _StreamSink:
     back, never seeked. Hashing waits for ``hash_pending`` (at most a segment's
     worth: bytes and views of bytes never change)."""
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: ClipOut) -> None:
         self._out = out
         self._hash = hashlib.sha256()
         self._unhashed: list[bytes | memoryview] = []

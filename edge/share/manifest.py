@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edge.buffer.agefile import AgeReader, AgeWriter, open_age_reader
+from edge.buffer.agefile import AgeReader, AgeWriter, Writable, open_age_reader
 from edge.share.jws import b64url_encode, sign_compact
 
 log = logging.getLogger(__name__)
@@ -128,26 +128,23 @@ class FileDigest:
 class _HashingWriter:
     """Passes bytes on to ``out`` while counting and hashing them."""
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: Writable) -> None:
         self._out = out
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: bytes | memoryview) -> int:
+    def write(self, data: memoryview) -> int:
         self._out.write(data)
         self._hash.update(data)
         self.size += len(data)
         return len(data)
-
-    def flush(self) -> None:
-        self._out.flush()
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()
 
 
 def encrypt_clip(
-    plaintext: IO[bytes], recipient: str, out: IO[bytes], *, delivery_id: str
+    plaintext: IO[bytes], recipient: str, out: Writable, *, delivery_id: str
 ) -> FileDigest:
     """Age-encrypts the clip to the request's recipient alone, streaming.
 
@@ -161,7 +158,6 @@ def encrypt_clip(
     while block := plaintext.read(_READ_BLOCK_BYTES):
         sealer.write(block)
     sealer.close()
-    writer.flush()
     return FileDigest(clip_file_name(delivery_id, encrypted=True), writer.size, writer.hexdigest())
 
 
