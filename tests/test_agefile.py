@@ -17,7 +17,9 @@ from edge.buffer import agefile
 CHUNK = agefile.CHUNK_BYTES
 # Sizes around the 64 KiB chunk edges: age's last chunk may be full, and is
 # empty only when the whole plaintext is.
-SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 3 * CHUNK - 17, 2_000_003]
+# 16 chunks: one batch of AgeWriter's writes to its file, and one more byte.
+SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 3 * CHUNK - 17]
+SIZES += [16 * CHUNK, 16 * CHUNK + 1, 2_000_003]
 
 
 def split(data: bytes, rng: random.Random) -> list[bytes | memoryview]:
@@ -84,13 +86,14 @@ def test_a_stream_cut_off_before_close_is_not_a_valid_age_file() -> None:
     identity = x25519.Identity.generate()
     out = io.BytesIO()
     writer = agefile.AgeWriter(out, [str(identity.to_public())])
-    writer.write(os.urandom(3 * CHUNK + 5))  # three chunks sealed, none flagged last
+    writer.write(os.urandom(40 * CHUNK + 5))  # two batches written, none flagged last
+    assert len(out.getvalue()) > 32 * CHUNK
     with pytest.raises(pyrage.DecryptError):
         pyrage.decrypt(out.getvalue(), [identity])
     writer.close()
     with pytest.raises(ValueError, match="closed"):
         writer.write(b"more")
-    assert len(pyrage.decrypt(out.getvalue(), [identity])) == 3 * CHUNK + 5
+    assert len(pyrage.decrypt(out.getvalue(), [identity])) == 40 * CHUNK + 5
 
 
 def test_layout_is_age_v1_with_one_x25519_stanza_per_recipient() -> None:

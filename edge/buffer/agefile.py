@@ -59,6 +59,7 @@ _MAX_CHUNKS = 1 << 88  # the nonce's 11-byte counter
 
 
 _SEALED_CHUNK_BYTES = CHUNK_BYTES + _TAG_BYTES
+_WRITE_CHUNKS = 16  # sealed chunks an AgeWriter hands ``out`` at once (~1 MiB)
 _MAX_HEADER_BYTES = 64 * 1024  # a header with many recipients is a few KB
 _READ_CHUNKS = 16  # 1 MiB of payload per read, decrypted while the one before is used
 
@@ -109,14 +110,18 @@ class AgeWriter:
     ``close`` seals the last chunk, which age flags as last: a stream cut off
     before it (an error, a crash) is never a valid age file, so a part can
     never pass for the whole. ``out`` must not keep the buffers it is given
-    (files and hashing wrappers copy them). Memory: one chunk.
+    (files and hashing wrappers copy them). Memory: a chunk of plaintext and
+    a batch of sealed chunks (~1 MiB).
     """
 
     def __init__(self, out: Writable, recipients: Sequence[str]) -> None:
         header, nonce, self._payload = _new_file(recipients)
         self._out = out
         self._pending = bytearray()  # at most a chunk: it may turn out to be the last
-        self._sealed = bytearray(_SEALED_CHUNK_BYTES)
+        # Sealed chunks go out a batch at a time: one write (one system call,
+        # one hand-over of Python's lock) a megabyte instead of a chunk.
+        self._sealed = bytearray(_WRITE_CHUNKS * _SEALED_CHUNK_BYTES)
+        self._sealed_bytes = 0
         self._counter = 0
         self._closed = False
         out.write(memoryview(header + nonce))
@@ -144,16 +149,24 @@ class AgeWriter:
         """Seals the last chunk (empty only if nothing was written). Does not close ``out``."""
         if not self._closed:
             self._seal(self._pending, last=True)
+            self._send()
             self._pending = bytearray()
             self._closed = True
 
     def _seal(self, chunk: bytes | bytearray | memoryview, *, last: bool) -> None:
         if self._counter >= _MAX_CHUNKS:
             raise ValueError("plaintext too long for one age file")
-        out = memoryview(self._sealed)[: len(chunk) + _TAG_BYTES]
+        start = self._sealed_bytes
+        out = memoryview(self._sealed)[start : start + len(chunk) + _TAG_BYTES]
         self._payload.encrypt_into(_chunk_nonce(self._counter, last=last), chunk, None, out)
-        self._out.write(out)
         self._counter += 1
+        self._sealed_bytes += len(out)
+        if self._sealed_bytes + _SEALED_CHUNK_BYTES > len(self._sealed):
+            self._send()
+
+    def _send(self) -> None:
+        self._out.write(memoryview(self._sealed)[: self._sealed_bytes])
+        self._sealed_bytes = 0
 
 
 def sealed_size(plaintext_bytes: int, header_bytes: int) -> int:
