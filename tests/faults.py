@@ -13,11 +13,14 @@
   ``NOTIFY_SOCKET``; it records every READY=1, WATCHDOG=1 and STATUS= the daemon sends.
 - ``request_payload`` / ``publish_request``: signed requests for the camera's spot
   (tests/signing.py), published on its geohash topic with QoS 1.
+- ``mounted_tmpfs``: a real filesystem of a few megabytes (a tmpfs) to fill up,
+  standing in for a full SD card.
 
 Stand-ins, said once here: the camera (the virtual camera, or an ffmpeg stream for
 the opencv source), the request platform (a paho publisher), systemd (the socket),
-the network (TcpLink). The broker (mosquitto), the upload server (the tus project's
-own), the daemon, the CLI, the files and the decoders are the real ones.
+the network (TcpLink), the SD card (a tmpfs). The broker (mosquitto), the upload
+server (the tus project's own), the daemon, the CLI, the files and the decoders are
+the real ones.
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from broker import MosquittoBroker
 from conftest import REPO_ROOT, run_edge
 from edge.share.geohash import encode, request_topic
@@ -49,6 +54,26 @@ LOCATION = Location(lat=LAT, lon=LON)
 POLL_S = 0.1
 
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's syntax: "24m") mounted on ``mount_point`` for the
+    block; skips the test where it cannot be mounted (it needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; run the suite as root to test a full disk")
+    mount_point.mkdir(exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def wait_until(

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,14 @@ import pytest
 from broker import MosquittoBroker
 from edge.buffer.ring import RingReader
 from edge.units import format_rfc3339_ms, parse_rfc3339_ms
-from faults import Camera, publish_request, request_payload, running_camera, wait_until
+from faults import (
+    Camera,
+    mounted_tmpfs,
+    publish_request,
+    request_payload,
+    running_camera,
+    wait_until,
+)
 from videotools import decode
 
 TMPFS_SIZE = "24m"
@@ -42,21 +48,8 @@ BUDGET_S = 90.0
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; run the suite as root to test a full disk")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE},mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", TMPFS_SIZE) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 def fill(path: Path, limit_bytes: int | None = None) -> int:

@@ -24,10 +24,11 @@ from typing import BinaryIO
 
 from pyrage import x25519
 
-from edge.buffer.agefile import AgeFileError, open_age_file
+from edge.buffer.agefile import AgeFileError, AgeWriter, open_age_file
 from edge.buffer.clip import ClipInfo, SegmentSource, build_clip
-from edge.durable import fsync_dir, write_durably
-from edge.share import agechild
+from edge.durable import SyncedFile, fsync_dir, replacing_durably, write_durably
+from edge.priority import in_background
+from edge.writebehind import WriteBehind
 
 log = logging.getLogger(__name__)
 
@@ -133,15 +134,20 @@ class Outbox:
             if existing is not None:
                 return existing
             path = self.dir / f"{request_id}-{start_ms}-{end_ms}.mp4.age"
-            temporary = path.with_name(f".{path.name}.tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            # Renamed into place only once it is whole and on disk; the note,
+            # written after it, is what makes it count (find() needs both).
             try:
-                info = self._build_sealed(source, start_ms, end_ms, fd)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
-            finally:
-                os.close(fd)
+                with replacing_durably(
+                    path, temporary=path.with_name(f".{path.name}.tmp")
+                ) as out:
+                    # Bulk work: recording comes first (the thread that sealing
+                    # starts has the same lower priority).
+                    info = in_background(
+                        lambda: self._build_sealed(source, start_ms, end_ms, out),
+                        name="edge-outbox-build",
+                    )
+            except OSError as error:  # a full or failing disk: nothing is left behind
+                raise OutboxError(f"could not write the sealed clip: {error}") from None
             clip = OutboxClip(
                 request_id=request_id,
                 start_ms=start_ms,
@@ -155,8 +161,6 @@ class Outbox:
                 skipped=len(info.skipped),
                 path=path,
             )
-            os.replace(temporary, path)
-            # The note's own write fsyncs the directory: the clip's rename with it.
             write_durably(
                 path.with_suffix(".json"),
                 json.dumps(clip.note).encode(),
@@ -171,31 +175,23 @@ class Outbox:
             return clip
 
     def _build_sealed(
-        self, source: SegmentSource, start_ms: int, end_ms: int, sealed_fd: int
+        self, source: SegmentSource, start_ms: int, end_ms: int, out: SyncedFile
     ) -> ClipInfo:
-        """Builds the clip into a child process that seals it into ``sealed_fd``.
+        """Builds the clip into ``out``, age-sealed to the outbox's key as it goes.
 
-        age encryption holds Python's interpreter lock throughout, as does the
-        decryption of the segments the clip is built from; in a child process of
-        its own the sealing runs on another core, beside the build, instead of
-        taking turns with it. The plaintext only passes through a pipe.
+        The sealing (and writing) runs on a thread of its own, beside the build:
+        both let go of Python's lock while they work, so neither waits for the
+        other, nor does the recording. Plaintext is only ever in memory.
         """
-        sealer = agechild.Sealer(self._recipient, sealed_fd)
-        info: ClipInfo | None = None
+        sealer = AgeWriter(out, [str(self._recipient)])
+        behind = WriteBehind(sealer, name="edge-outbox-seal")
         try:
-            info = build_clip(source, start_ms, end_ms, sealer.stdin)
-        except BrokenPipeError:
-            pass  # the sealer stopped early: finish() says why
+            info = build_clip(source, start_ms, end_ms, behind)
+            behind.close()
         except BaseException:
-            sealer.abort()
+            behind.abort()
             raise
-        try:
-            sealer.finish()
-        except agechild.AgeChildError as error:
-            raise OutboxError(str(error)) from None
-        if info is None:
-            raise OutboxError("could not seal the clip: the sealer stopped early")
-        os.fsync(sealed_fd)
+        sealer.close()
         return info
 
     # -- reading -----------------------------------------------------------------------
