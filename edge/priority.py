@@ -21,9 +21,9 @@ _T = TypeVar("_T")
 BACKGROUND_NICE = 10
 
 
-# The niceness the process started with (read by the thread that imports this,
-# before any yields): recording's, which background work stays below.
-_RECORDING_NICE = os.getpriority(os.PRIO_PROCESS, 0)
+# The main thread's niceness when this is first imported (before anything has
+# yielded): recording's, which background work stays below.
+_RECORDING_NICE = os.getpriority(os.PRIO_PROCESS, os.getpid())
 
 
 def yield_to_recording() -> None:
