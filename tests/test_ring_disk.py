@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import errno
 import io
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import edge.buffer.ring as ring_module
 from edge.buffer.clip import build_clip
 from edge.clock import ManualClock
+from faults import mounted_tmpfs
 from ringtools import (
     T0_MS,
     RunSpec,
@@ -35,21 +34,8 @@ BIG = RunSpec(count=150, frames_per_segment=5, noise=112)
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; run the suite as root to test a full disk")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES},mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", str(TMPFS_BYTES)) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
 
 
 def fill(path: Path) -> int:
