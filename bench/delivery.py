@@ -22,8 +22,12 @@ interleaved A B A B:
 - outbox: ``Outbox.build`` (the same clip builder streamed into age encryption,
   fsynced, in the outbox), as the daemon makes a clip for a pending request.
 
-Both must give the same plaintext (SHA-256 compared each run). Prints median
-wall and CPU time, the ratio outbox/export, and the peak RSS of each for a
+- unsynced file (for reference only): the same clip builder into a plain file,
+  never fsynced, which is how `edge export` wrote its clip before session 6.
+
+All must give the same plaintext (SHA-256 compared each run). Prints median
+wall and CPU time, the ratio outbox/export (the median of each run's ratio to
+the export just before it), and the peak RSS of export and outbox for a
 ``--minutes`` and a ``--rss-minutes`` window (target: within 10 MB).
 
 Upload (issue 6: within 1.2x of curl; peak RSS flat).
