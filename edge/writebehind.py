@@ -22,7 +22,7 @@ class Target(Protocol):
     def write(self, data: bytes | memoryview, /) -> object: ...
 
 
-DEFAULT_MAX_PENDING_BYTES = 8 << 20
+DEFAULT_MAX_PENDING_BYTES = 2 << 20  # a few segments: the sealing keeps up with the build
 
 
 class WriteBehind:
