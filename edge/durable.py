@@ -22,14 +22,11 @@ WRITEBACK_BYTES = 8 << 20
 
 class SyncedFile:
     """A new file being written, fsynced when its block ends. Writes are unbuffered
-    and whole (a short write is retried); ``flush`` has nothing to do."""
+    and whole (a short write is retried)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._unsent_bytes = 0  # written since writeback was last started
-
-    def fileno(self) -> int:
-        return self._fd
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         view = memoryview(data).cast("B")
@@ -40,9 +37,6 @@ class SyncedFile:
         if self._unsent_bytes >= WRITEBACK_BYTES:
             self._start_writeback()
         return total
-
-    def flush(self) -> None:
-        pass
 
     def _start_writeback(self) -> None:
         # Starts writing back what is dirty, without waiting (and drops the pages

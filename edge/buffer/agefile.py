@@ -100,7 +100,9 @@ def encrypt(parts: Sequence[bytes | memoryview], recipients: Sequence[str]) -> b
 
 
 class Writable(Protocol):
-    def write(self, data: memoryview, /) -> object: ...
+    """Where bytes go, front to back: a file, a hashing wrapper, a sealing stream."""
+
+    def write(self, data: bytes | memoryview, /) -> object: ...
 
 
 class AgeWriter:

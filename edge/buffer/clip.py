@@ -38,6 +38,7 @@ from typing import Protocol
 import av
 
 from edge.buffer import fmp4
+from edge.buffer.agefile import Writable
 from edge.buffer.index import SegmentRecord
 from edge.buffer.ring import SegmentUnavailable
 from edge.buffer.seal import OpenedSegment
@@ -54,12 +55,6 @@ _FALLBACK_FRAME_S = Fraction(1, 30)
 
 class NoFootage(Exception):
     """The ring holds no (usable) footage of the window."""
-
-
-class ClipOut(Protocol):
-    """Where a clip goes, front to back: a file, a pipe, a sealing stream."""
-
-    def write(self, data: bytes | memoryview, /) -> object: ...
 
 
 class SegmentSource(Protocol):
@@ -108,7 +103,7 @@ def build_clip(
     ring: SegmentSource,
     start_ms: int,
     end_ms: int,
-    out: ClipOut,
+    out: Writable,
     *,
     gap_threshold_ms: int = DEFAULT_GAP_THRESHOLD_MS,
 ) -> ClipInfo:
@@ -156,7 +151,7 @@ class _StreamSink:
     back, never seeked. Hashing waits for ``hash_pending`` (at most a segment's
     worth: bytes and views of bytes never change)."""
 
-    def __init__(self, out: ClipOut) -> None:
+    def __init__(self, out: Writable) -> None:
         self._out = out
         self._hash = hashlib.sha256()
         self._unhashed: list[bytes | memoryview] = []

@@ -859,9 +859,8 @@ def _write_durably(
     ``written``: called between the write and the fsync."""
     path = directory / file_name
     with replacing_durably(path, temporary=directory / f"{_TMP_PREFIX}{file_name}") as out:
-        out.write(data)
+        out.write(data)  # unbuffered: the bytes are with the kernel once it returns
         if written is not None:
-            out.flush()
             written()
 
 

@@ -133,7 +133,7 @@ class _HashingWriter:
         self._hash = hashlib.sha256()
         self.size = 0
 
-    def write(self, data: memoryview) -> int:
+    def write(self, data: bytes | memoryview) -> int:
         self._out.write(data)
         self._hash.update(data)
         self.size += len(data)
