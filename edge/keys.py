@@ -33,8 +33,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pyrage import IdentityError, RecipientError, x25519
 
+from edge.buffer.agefile import identity_key
 from edge.clock import Clock
 from edge.durable import fsync_dir, write_synced
 
@@ -67,6 +69,9 @@ class StorageKey:
     identity: x25519.Identity
     recipient: x25519.Recipient
     created_ms: int
+    # The same identity parsed for edge.buffer.agefile, which opens every segment
+    # with it: parsed once here rather than once a segment.
+    private_key: X25519PrivateKey
 
 
 def parse_recipients(recipients: list[str]) -> list[x25519.Recipient]:
@@ -313,7 +318,9 @@ def _create_storage_identity(keys_dir: Path, now_ms: int) -> StorageKey:
     path = _storage_path(keys_dir, key_id)
     if not _write_new_file(path, text, mode=0o600):
         raise KeyFileError(f"{path} already exists")  # random id: practically never
-    return StorageKey(key_id, identity, recipient, _key_id_created_ms(key_id))
+    return StorageKey(
+        key_id, identity, recipient, _key_id_created_ms(key_id), identity_key(str(identity))
+    )
 
 
 def _load_storage_identity(keys_dir: Path, key_id: str) -> StorageKey:
@@ -329,7 +336,13 @@ def _load_storage_identity(keys_dir: Path, key_id: str) -> StorageKey:
         identity = x25519.Identity.from_str(lines[0])
     except IdentityError:
         raise KeyFileError(f"{path} does not hold a valid age X25519 identity") from None
-    return StorageKey(key_id, identity, identity.to_public(), _key_id_created_ms(key_id))
+    return StorageKey(
+        key_id,
+        identity,
+        identity.to_public(),
+        _key_id_created_ms(key_id),
+        identity_key(str(identity)),
+    )
 
 
 def _read_key_file(path: Path) -> bytes:

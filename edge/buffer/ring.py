@@ -276,7 +276,7 @@ class RingReader:
         decrypted: Future[OpenedSegment] | None = None
         problem = ""
         try:
-            identity = self._keys.identity(record.key_id).identity
+            identity = self._keys.identity(record.key_id).private_key
             decrypted = self._worker.submit(lambda: open_sealed(sealed, [identity]))
         except KeyFileError as error:
             problem = f"its storage key is not available: {error}"
@@ -675,7 +675,7 @@ class Ring(RingReader):
         sealed = path.read_bytes() if path.stat().st_size <= MAX_SEGMENT_BYTES * 2 else b""
         for key in identities:
             try:
-                opened = open_sealed(sealed, [key.identity])
+                opened = open_sealed(sealed, [key.private_key])
             except SealedSegmentError:
                 continue
             digest, digested_bytes = sealed_digest(sealed)  # opened: framed as age

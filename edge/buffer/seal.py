@@ -90,10 +90,13 @@ def sealed_digest(sealed: bytes | bytearray) -> tuple[bytes, int]:
     return hashlib.sha256(memoryview(sealed)[:covered]).digest(), covered
 
 
-def open_sealed(sealed: bytes, identities: Sequence[x25519.Identity]) -> OpenedSegment:
-    """Decrypt and take apart a sealed segment. Raises SealedSegmentError with the reason."""
+def open_sealed(
+    sealed: bytes, identities: Sequence[x25519.Identity | agefile.Identity]
+) -> OpenedSegment:
+    """Decrypt and take apart a sealed segment. Raises SealedSegmentError with the reason.
+    The ring passes its keys parsed (``StorageKey.private_key``), once for every segment."""
     try:  # in memory only
-        data = agefile.decrypt(sealed, [str(identity) for identity in identities])
+        data = agefile.decrypt(sealed, [agefile.as_identity(i) for i in identities])
     except agefile.AgeFileError as error:
         raise SealedSegmentError(f"does not decrypt: altered or damaged ({error})") from None
     plaintext = memoryview(data)
