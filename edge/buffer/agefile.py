@@ -111,6 +111,26 @@ class Writable(Protocol):
     def write(self, data: bytes | memoryview, /) -> object: ...
 
 
+class HashingWriter:
+    """Passes bytes on to ``out`` while counting and hashing them (SHA-256)."""
+
+    def __init__(self, out: Writable) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        # Hashed first, passed on second: ``out`` (a sealer) reads the bytes again
+        # while they are still in the CPU's cache.
+        self._hash.update(data)
+        self._out.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
 class AgeWriter:
     """An age file written to ``out`` as its plaintext comes, for streams too long
     to hold (a clip for an agency): ``write`` pieces of any size, then ``close``.

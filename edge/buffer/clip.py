@@ -27,6 +27,7 @@ straight on) and listed in ``ClipInfo.gaps``, with where in the clip it falls.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -106,11 +107,18 @@ def build_clip(
     out: Writable,
     *,
     gap_threshold_ms: int = DEFAULT_GAP_THRESHOLD_MS,
+    digest_of_out: Callable[[], str] | None = None,
 ) -> ClipInfo:
     """Write the footage of [start_ms, end_ms] to ``out`` as one fragmented MP4.
 
     Raises NoFootage (before writing anything) if no segment overlaps the window,
     or none of those that do can be read. Damaged segments are skipped and listed.
+
+    The builder hashes what it writes (``ClipInfo.sha256``) while each segment
+    decrypts. ``digest_of_out`` is for an ``out`` that hashes what it is given
+    itself, on a thread of its own (the outbox's sealing thread, which reads
+    every byte anyway): called once the whole clip is written, it returns that
+    hex SHA-256, and the builder does not hash.
     """
     if end_ms < start_ms:
         raise ValueError("window ends before it starts")
@@ -120,7 +128,7 @@ def build_clip(
     skipped: list[Skipped] = []
     joiner: _Joiner | None = None
     opened: OpenedSegment | None = None
-    sink = _StreamSink(out)
+    sink = _StreamSink(out, hashing=digest_of_out is None)
     try:
         for record in records:
             try:
@@ -141,25 +149,30 @@ def build_clip(
                 f"none of the {len(records)} segments of that window can be read: "
                 + "; ".join(sorted({s.reason for s in skipped}))
             )
-        return joiner.finish(tuple(skipped))
+        info = joiner.finish(tuple(skipped))
+        if digest_of_out is not None:
+            info = dataclasses.replace(info, sha256=digest_of_out())
+        return info
     finally:
         sink.close()
 
 
 class _StreamSink:
-    """Write-only view of ``out`` that hashes and counts: the clip goes out front to
-    back, never seeked. Hashing waits for ``hash_pending`` (at most a segment's
-    worth: bytes and views of bytes never change)."""
+    """Write-only view of ``out`` that hashes (unless ``out`` does) and counts: the
+    clip goes out front to back, never seeked. Hashing waits for ``hash_pending``
+    (at most a segment's worth: bytes and views of bytes never change)."""
 
-    def __init__(self, out: Writable) -> None:
+    def __init__(self, out: Writable, *, hashing: bool) -> None:
         self._out = out
+        self._hashing = hashing
         self._hash = hashlib.sha256()
         self._unhashed: list[bytes | memoryview] = []
         self.bytes = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self._out.write(data)
-        self._unhashed.append(data)
+        if self._hashing:
+            self._unhashed.append(data)
         self.bytes += len(data)
         return len(data)
 

@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from edge.buffer.agefile import AgeReader, AgeWriter, Writable, open_age_reader
+from edge.buffer.agefile import AgeReader, AgeWriter, HashingWriter, Writable, open_age_reader
 from edge.share.jws import b64url_encode, sign_compact
 
 log = logging.getLogger(__name__)
@@ -125,24 +125,6 @@ class FileDigest:
         return {"name": self.name, "size": self.size, "sha256": self.sha256}
 
 
-class _HashingWriter:
-    """Passes bytes on to ``out`` while counting and hashing them."""
-
-    def __init__(self, out: Writable) -> None:
-        self._out = out
-        self._hash = hashlib.sha256()
-        self.size = 0
-
-    def write(self, data: bytes | memoryview) -> int:
-        self._out.write(data)
-        self._hash.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
-
-
 def encrypt_clip(
     plaintext: IO[bytes], recipient: str, out: Writable, *, delivery_id: str
 ) -> FileDigest:
@@ -153,7 +135,7 @@ def encrypt_clip(
     ciphertext, the bytes the manifest describes and the upload sends. Raises
     ValueError (RecipientError) for a recipient that is not ``age1...``.
     """
-    writer = _HashingWriter(out)
+    writer = HashingWriter(out)
     sealer = AgeWriter(writer, [recipient])
     while block := plaintext.read(_READ_BLOCK_BYTES):
         sealer.write(block)

@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from pyrage import x25519
 
-from edge.buffer.agefile import AgeFileError, AgeWriter, open_age_file
+from edge.buffer.agefile import AgeFileError, AgeWriter, HashingWriter, open_age_file
 from edge.buffer.clip import ClipInfo, SegmentSource, build_clip
 from edge.durable import SyncedFile, fsync_dir, replacing_durably, write_durably
 from edge.priority import in_background
@@ -179,15 +179,22 @@ class Outbox:
     ) -> ClipInfo:
         """Builds the clip into ``out``, age-sealed to the outbox's key as it goes.
 
-        The sealing (and writing) runs on a thread of its own, beside the build:
-        both let go of Python's lock while they work, so neither waits for the
-        other, nor does the recording. Plaintext is only ever in memory.
+        The plaintext's SHA-256, the sealing and the writing run on a thread of
+        their own, beside the build: hashing, AEAD and system calls all let go
+        of Python's lock, so neither thread waits for the other, nor does the
+        recording; the builder is left only the joining. Plaintext is only ever
+        in memory.
         """
         sealer = AgeWriter(out, [str(self._recipient)])
-        behind = WriteBehind(sealer, name="edge-outbox-seal")
+        hashed = HashingWriter(sealer)
+        behind = WriteBehind(hashed, name="edge-outbox-seal")
+
+        def digest_of_clip() -> str:
+            behind.close()  # every piece hashed and sealed
+            return hashed.hexdigest()
+
         try:
-            info = build_clip(source, start_ms, end_ms, behind)
-            behind.close()
+            info = build_clip(source, start_ms, end_ms, behind, digest_of_out=digest_of_clip)
         except BaseException:
             behind.abort()
             raise
