@@ -36,6 +36,20 @@ def test_a_segmenter_segment_is_taken_apart_exactly() -> None:
     assert data[fragment.time_at - 8 : fragment.time_at - 4] == b"tfdt"
 
 
+def test_a_moof_with_its_traf_before_its_mfhd_is_not_joinable() -> None:
+    # The joiner copies a moof up to its tfdt with the sequence number in that
+    # copy: a traf first (which no muxer writes) goes to the remuxer instead.
+    data = bytearray(SEGMENTS[1].mp4)
+    fragment = fmp4.parse_segment(bytes(data)).fragments[0]
+    mfhd_start = fragment.sequence_at - 12  # size, type, version and flags
+    traf_start = mfhd_start + int.from_bytes(data[mfhd_start : mfhd_start + 4], "big")
+    traf_end = traf_start + int.from_bytes(data[traf_start : traf_start + 4], "big")
+    assert data[traf_start + 4 : traf_start + 8] == b"traf"
+    data[mfhd_start:traf_end] = data[traf_start:traf_end] + data[mfhd_start:traf_start]
+    with pytest.raises(fmp4.NotJoinable, match="mfhd does not come before its traf"):
+        fmp4.parse_segment(bytes(data))
+
+
 def test_parameter_sets_compare_by_meaning_not_by_trailing_zero_bytes() -> None:
     # ffmpeg keeps a trailing zero byte on the PPS of some segments and not others.
     tracks = [fmp4.parse_segment(s.mp4).track for s in SEGMENTS]

@@ -249,14 +249,19 @@ class _Joiner:
         for fragment in layout.fragments:
             self._sequence += 1
             decode_time = self._offset + fragment.decode_time - base
-            moof = bytearray(view[fragment.start : fragment.sequence_at + 4])
-            moof[-4:] = self._sequence.to_bytes(4, "big")
+            # The moof up to its tfdt time (a copy of ~100 bytes, its two fields
+            # rewritten), then the rest of the fragment as it is: two writes.
+            head_end = fragment.time_at + fragment.time_bytes
+            head = bytearray(view[fragment.start : head_end])
+            sequence_at = fragment.sequence_at - fragment.start
+            head[sequence_at : sequence_at + 4] = self._sequence.to_bytes(4, "big")
+            head[fragment.time_at - fragment.start :] = decode_time.to_bytes(
+                fragment.time_bytes, "big"
+            )
             if fragment.starts_with_sync_sample:
                 self._seek_points.append((decode_time, self._sink.bytes))
-            self._sink.write(bytes(moof))
-            self._sink.write(view[fragment.sequence_at + 4 : fragment.time_at])
-            self._sink.write(decode_time.to_bytes(fragment.time_bytes, "big"))
-            self._sink.write(view[fragment.time_at + fragment.time_bytes : fragment.end])
+            self._sink.write(bytes(head))
+            self._sink.write(view[head_end : fragment.end])
             end = max(end, decode_time + fragment.duration)
             self._frames += fragment.samples
         self._offset = end

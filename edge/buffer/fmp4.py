@@ -240,6 +240,8 @@ def _parse_moof(
         raise NotJoinable("moof is not one mfhd and one traf")
     mfhd_payload, mfhd_end = _one(moof, b"mfhd")
     _u32(view, mfhd_payload + 4, mfhd_end)
+    if mfhd_end > moof[b"traf"][0][0]:  # the joiner rewrites the two fields in this order
+        raise NotJoinable("moof's mfhd does not come before its traf")
     traf = _children(view, *moof[b"traf"][0])
     if set(traf) != {b"tfhd", b"tfdt", b"trun"}:
         raise NotJoinable("traf holds more than tfhd, tfdt and trun")
