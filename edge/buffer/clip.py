@@ -254,10 +254,9 @@ class _Joiner:
             head_end = fragment.time_at + fragment.time_bytes
             head = bytearray(view[fragment.start : head_end])
             sequence_at = fragment.sequence_at - fragment.start
+            time_at = fragment.time_at - fragment.start
             head[sequence_at : sequence_at + 4] = self._sequence.to_bytes(4, "big")
-            head[fragment.time_at - fragment.start :] = decode_time.to_bytes(
-                fragment.time_bytes, "big"
-            )
+            head[time_at:] = decode_time.to_bytes(fragment.time_bytes, "big")
             if fragment.starts_with_sync_sample:
                 self._seek_points.append((decode_time, self._sink.bytes))
             self._sink.write(bytes(head))
