@@ -115,6 +115,18 @@ class Soak:
         )
 
 
+def service_environment() -> dict[str, str]:
+    """The ``Environment=`` of systemd/edge.service: the daemon runs here as it is
+    installed (MALLOC_ARENA_MAX, which sets its memory use)."""
+    unit = (REPO_ROOT / "systemd" / "edge.service").read_text()
+    pairs = [
+        line.removeprefix("Environment=").split("=", 1)
+        for line in unit.splitlines()
+        if line.startswith("Environment=")
+    ]
+    return {name: value for name, value in pairs}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0)
@@ -147,7 +159,7 @@ def main() -> int:
     soak = Soak(camera, broker, tus, random.Random(args.seed))
     stop = threading.Event()
     try:
-        camera.start()
+        camera.start(env=service_environment())
         camera.wait_ready(subscribed=True)
         at_start = soak.figures()
         wait_until(lambda: camera.frames() >= (WINDOW_S + 2) * args.fps, 60, "footage")
