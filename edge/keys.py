@@ -319,7 +319,7 @@ def _create_storage_identity(keys_dir: Path, now_ms: int) -> StorageKey:
     if not _write_new_file(path, text, mode=0o600):
         raise KeyFileError(f"{path} already exists")  # random id: practically never
     return StorageKey(
-        key_id, identity, recipient, _key_id_created_ms(key_id), identity_key(str(identity))
+        key_id, identity, recipient, _key_id_created_ms(key_id), identity_key(identity)
     )
 
 
@@ -341,7 +341,7 @@ def _load_storage_identity(keys_dir: Path, key_id: str) -> StorageKey:
         identity,
         identity.to_public(),
         _key_id_created_ms(key_id),
-        identity_key(str(identity)),
+        identity_key(identity),
     )
 
 

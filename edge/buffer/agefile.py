@@ -42,7 +42,7 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, TypeAlias
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -64,10 +64,11 @@ _MAX_HEADER_BYTES = 64 * 1024  # a header with many recipients is a few KB
 _READ_CHUNKS = 16  # 1 MiB of payload per read, decrypted while the one before is used
 
 
-# An identity as text (``AGE-SECRET-KEY-1...``) or already parsed: a key read for
-# every segment is parsed once by its holder (Bech32 in Python is ~0.2 ms, with
-# Python's lock held, against ~0.5 ms to decrypt the whole segment).
-Identity = str | X25519PrivateKey
+# An identity as text (``AGE-SECRET-KEY-1...``), as pyrage holds it, or already
+# parsed: a key read for every segment is parsed once by its holder (Bech32 in
+# Python is ~0.2 ms, with Python's lock held, against ~0.5 ms to decrypt the
+# whole segment).
+AnyIdentity: TypeAlias = "str | x25519.Identity | X25519PrivateKey"
 
 
 class RecipientError(ValueError):
@@ -218,12 +219,12 @@ def recipient_key(recipient: str) -> X25519PublicKey:
     return X25519PublicKey.from_public_bytes(data)
 
 
-def identity_key(identity: Identity) -> X25519PrivateKey:
+def identity_key(identity: AnyIdentity) -> X25519PrivateKey:
     """The X25519 private key of an ``AGE-SECRET-KEY-1...`` identity (a parsed one as it is)."""
     if isinstance(identity, X25519PrivateKey):
         return identity
     try:
-        hrp, data = _bech32_decode(identity)
+        hrp, data = _bech32_decode(str(identity))
     except RecipientError:
         raise RecipientError("not an age X25519 identity") from None  # never echo a key
     if hrp != "age-secret-key-" or len(data) != 32:
@@ -243,7 +244,7 @@ class AgeReader(io.RawIOBase):
     """
 
     def __init__(
-        self, source: IO[bytes], identities: Sequence[Identity], *, name: str = ""
+        self, source: IO[bytes], identities: Sequence[AnyIdentity], *, name: str = ""
     ) -> None:
         super().__init__()
         self._source = source
@@ -335,7 +336,7 @@ class AgeReader(io.RawIOBase):
 
 
 def decrypt(
-    sealed: bytes | bytearray, identities: Sequence[Identity], *, name: str = ""
+    sealed: bytes | bytearray, identities: Sequence[AnyIdentity], *, name: str = ""
 ) -> bytearray:
     """The plaintext of an age file held in memory (a segment), each chunk authenticated
     on the way: raises AgeFileError for keys that do not open it, or any damage."""
@@ -380,24 +381,19 @@ def payload_offset(data: bytes | bytearray) -> int:
     return header_end + 16
 
 
-def open_age_file(path: Path, identities: Sequence[x25519.Identity | Identity]) -> IO[bytes]:
+def open_age_file(path: Path, identities: Sequence[AnyIdentity]) -> IO[bytes]:
     """The plaintext of the age file at ``path``, decrypted as it is read (buffered)."""
     return io.BufferedReader(open_age_reader(path, identities), buffer_size=CHUNK_BYTES)
 
 
-def open_age_reader(path: Path, identities: Sequence[x25519.Identity | Identity]) -> AgeReader:
+def open_age_reader(path: Path, identities: Sequence[AnyIdentity]) -> AgeReader:
     """The same, unbuffered: for a reader that takes the plaintext by ``read_view``."""
     source = open(path, "rb")
     try:
-        return AgeReader(source, [as_identity(i) for i in identities], name=path.name)
+        return AgeReader(source, identities, name=path.name)
     except BaseException:
         source.close()
         raise
-
-
-def as_identity(identity: x25519.Identity | Identity) -> Identity:
-    """A pyrage identity as the text this module reads; text and parsed keys as they are."""
-    return identity if isinstance(identity, str | X25519PrivateKey) else str(identity)
 
 
 def _open_header(

@@ -27,7 +27,6 @@ straight on) and listed in ``ClipInfo.gaps``, with where in the clip it falls.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import logging
@@ -128,7 +127,7 @@ def build_clip(
     skipped: list[Skipped] = []
     joiner: _Joiner | None = None
     opened: OpenedSegment | None = None
-    sink = _StreamSink(out, hashing=digest_of_out is None)
+    sink = _StreamSink(out, digest_of_out)
     try:
         for record in records:
             try:
@@ -149,10 +148,7 @@ def build_clip(
                 f"none of the {len(records)} segments of that window can be read: "
                 + "; ".join(sorted({s.reason for s in skipped}))
             )
-        info = joiner.finish(tuple(skipped))
-        if digest_of_out is not None:
-            info = dataclasses.replace(info, sha256=digest_of_out())
-        return info
+        return joiner.finish(tuple(skipped))
     finally:
         sink.close()
 
@@ -162,9 +158,10 @@ class _StreamSink:
     clip goes out front to back, never seeked. Hashing waits for ``hash_pending``
     (at most a segment's worth: bytes and views of bytes never change)."""
 
-    def __init__(self, out: Writable, *, hashing: bool) -> None:
+    def __init__(self, out: Writable, digest_of_out: Callable[[], str] | None) -> None:
         self._out = out
-        self._hashing = hashing
+        self._digest_of_out = digest_of_out
+        self._hashing = digest_of_out is None
         self._hash = hashlib.sha256()
         self._unhashed: list[bytes | memoryview] = []
         self.bytes = 0
@@ -182,6 +179,8 @@ class _StreamSink:
         self._unhashed.clear()
 
     def hexdigest(self) -> str:
+        if self._digest_of_out is not None:
+            return self._digest_of_out()
         self.hash_pending()
         return self._hash.hexdigest()
 

@@ -91,12 +91,12 @@ def sealed_digest(sealed: bytes | bytearray) -> tuple[bytes, int]:
 
 
 def open_sealed(
-    sealed: bytes, identities: Sequence[x25519.Identity | agefile.Identity]
+    sealed: bytes, identities: Sequence[agefile.AnyIdentity]
 ) -> OpenedSegment:
     """Decrypt and take apart a sealed segment. Raises SealedSegmentError with the reason.
     The ring passes its keys parsed (``StorageKey.private_key``), once for every segment."""
     try:  # in memory only
-        data = agefile.decrypt(sealed, [agefile.as_identity(i) for i in identities])
+        data = agefile.decrypt(sealed, identities)
     except agefile.AgeFileError as error:
         raise SealedSegmentError(f"does not decrypt: altered or damaged ({error})") from None
     plaintext = memoryview(data)
