@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -74,6 +75,24 @@ def mounted_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
         yield mount_point
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def fill_disk(path: Path, limit_bytes: int | None = None) -> int:
+    """Writes the file ``path`` until the disk refuses (or ``limit_bytes``, if given);
+    returns how much it took. Down to the last byte: the disk is then truly full."""
+    written = 0
+    with open(path, "ab", buffering=0) as filler:
+        chunk = b"\0" * 65536
+        while limit_bytes is None or written < limit_bytes:
+            try:
+                written += filler.write(chunk)
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                if len(chunk) == 1:
+                    break
+                chunk = chunk[: len(chunk) // 2]
+    return written
 
 
 def wait_until(

@@ -19,7 +19,6 @@ in order up to the newest frame; a request that arrives meanwhile is taken in;
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 import time
@@ -33,6 +32,7 @@ from edge.buffer.ring import RingReader
 from edge.units import format_rfc3339_ms, parse_rfc3339_ms
 from faults import (
     Camera,
+    fill_disk,
     mounted_tmpfs,
     publish_request,
     request_payload,
@@ -52,23 +52,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount_point
 
 
-def fill(path: Path, limit_bytes: int | None = None) -> int:
-    """Writes a file until the disk refuses (or ``limit_bytes``); returns its size."""
-    written = 0
-    with open(path, "ab", buffering=0) as filler:
-        chunk = b"\0" * 65536
-        while limit_bytes is None or written < limit_bytes:
-            try:
-                written += filler.write(chunk)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                if len(chunk) == 1:
-                    break
-                chunk = chunk[: len(chunk) // 2]
-    return written
-
-
 def free_bytes(path: Path) -> int:
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
@@ -86,7 +69,7 @@ def test_recording_goes_on_when_the_disk_is_full(
     tmp_path: Path, small_disk: Path, broker: MosquittoBroker
 ) -> None:
     started_s = time.monotonic()
-    fill(small_disk / "other-files", FILLER_BYTES)
+    fill_disk(small_disk / "other-files", FILLER_BYTES)
     camera = Camera(
         tmp_path / "camera",
         broker_port=broker.port,
@@ -106,7 +89,7 @@ def test_recording_goes_on_when_the_disk_is_full(
             describe=lambda: f"{free_bytes(small_disk)} bytes free; " + camera.log_tail(5),
         )
         # Another process takes every byte still free.
-        taken = fill(small_disk / "more-files")
+        taken = fill_disk(small_disk / "more-files")
         newest_then = listing(camera)[-1]
         wait_until(
             lambda: len([s for s in listing(camera) if s[2] > newest_then[2]]) >= 3,

@@ -6,7 +6,6 @@ nothing listed is ever corrupt. Stand-in: the clock (ManualClock).
 
 from __future__ import annotations
 
-import errno
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 import edge.buffer.ring as ring_module
 from edge.buffer.clip import build_clip
 from edge.clock import ManualClock
-from faults import mounted_tmpfs
+from faults import fill_disk, mounted_tmpfs
 from ringtools import (
     T0_MS,
     RunSpec,
@@ -36,22 +35,6 @@ BIG = RunSpec(count=150, frames_per_segment=5, noise=112)
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     with mounted_tmpfs(tmp_path / "disk", str(TMPFS_BYTES)) as mount_point:
         yield mount_point
-
-
-def fill(path: Path) -> int:
-    """Write a filler file until the disk refuses; returns its size."""
-    written = 0
-    with open(path, "wb", buffering=0) as filler:
-        chunk = b"\0" * 65536
-        while True:
-            try:
-                written += filler.write(chunk)
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                if len(chunk) == 1:
-                    return written
-                chunk = chunk[: len(chunk) // 2]
 
 
 def test_recording_goes_on_when_the_disk_fills(small_disk: Path) -> None:
@@ -87,7 +70,7 @@ def test_another_process_filling_the_disk(small_disk: Path) -> None:
     ring = open_ring(data_dir, clock, max_bytes=1 << 40)
     put_all(ring, segments[:20], clock)
     # Something else takes every free byte: the ring gives up its oldest footage.
-    fill(small_disk / "filler")
+    fill_disk(small_disk / "filler")
     put_all(ring, segments[20:30], clock)
     listed = [r.meta.sequence for r in ring.overlapping(0, 2**62)]
     assert listed[-1] == 29 and listed == list(range(listed[0], 30))
@@ -103,7 +86,7 @@ def test_nothing_left_to_evict_drops_the_segment_and_recording_resumes(small_dis
     segments = make_segments(BIG)
     ring = open_ring(data_dir, clock, max_bytes=1 << 40)
     filler = small_disk / "filler"
-    fill(filler)
+    fill_disk(filler)
     ring.put(segments[0])  # does not raise: the segmenter thread must live on
     assert ring.status().dropped_segments == 1
     assert ring.status().segments == 0
