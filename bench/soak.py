@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import random
+import shlex
 import shutil
 import sys
 import tempfile
@@ -117,14 +118,16 @@ class Soak:
 
 def service_environment() -> dict[str, str]:
     """The ``Environment=`` of systemd/edge.service: the daemon runs here as it is
-    installed (MALLOC_ARENA_MAX, which sets its memory use)."""
+    installed (MALLOC_ARENA_MAX, which sets its memory use). A line may hold several
+    assignments, quoted as systemd allows (``Environment="A=1 2" B=3``)."""
     unit = (REPO_ROOT / "systemd" / "edge.service").read_text()
-    pairs = [
-        line.removeprefix("Environment=").split("=", 1)
-        for line in unit.splitlines()
-        if line.startswith("Environment=")
-    ]
-    return {name: value for name, value in pairs}
+    environment: dict[str, str] = {}
+    for line in unit.splitlines():
+        if line.startswith("Environment="):
+            for assignment in shlex.split(line.removeprefix("Environment=")):
+                name, _, value = assignment.partition("=")
+                environment[name] = value
+    return environment
 
 
 def main() -> int:
