@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import random
 import shlex
 import shutil
@@ -133,7 +134,10 @@ def service_environment() -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=60.0)
-    parser.add_argument("--request-every", type=float, default=60.0, metavar="S")
+    parser.add_argument(
+        "--request-every", type=float, default=60.0, metavar="S",
+        help="seconds between requests; 0 for none (recording only)",
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
@@ -145,8 +149,9 @@ def main() -> int:
     work = args.keep or Path(tempfile.mkdtemp(prefix="edge-soak-"))
     work.mkdir(parents=True, exist_ok=True)
     print(
-        f"soak: {args.minutes:g} min at {args.width}x{args.height}@{args.fps}, a request every "
-        f"{args.request_every:g} s (seed {args.seed}), max_bytes {args.max_bytes}; in {work}",
+        f"soak: {args.minutes:g} min at {args.width}x{args.height}@{args.fps}, "
+        + (f"a request every {args.request_every:g} s" if args.request_every > 0 else "no requests")
+        + f" (seed {args.seed}), max_bytes {args.max_bytes}; in {work}",
         flush=True,
     )
     broker = MosquittoBroker(work / "broker")
@@ -168,7 +173,7 @@ def main() -> int:
         wait_until(lambda: camera.frames() >= (WINDOW_S + 2) * args.fps, 60, "footage")
         started_s = time.monotonic()
         end_s = started_s + args.minutes * 60
-        next_request_s = started_s
+        next_request_s = started_s if args.request_every > 0 else math.inf
         next_sample_s = started_s
         baseline: Figures | None = None
         while time.monotonic() < end_s:
