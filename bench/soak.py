@@ -148,10 +148,12 @@ def main() -> int:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="edge-soak-"))
     work.mkdir(parents=True, exist_ok=True)
+    requests = "no requests"
+    if args.request_every > 0:
+        requests = f"a request every {args.request_every:g} s"
     print(
-        f"soak: {args.minutes:g} min at {args.width}x{args.height}@{args.fps}, "
-        + (f"a request every {args.request_every:g} s" if args.request_every > 0 else "no requests")
-        + f" (seed {args.seed}), max_bytes {args.max_bytes}; in {work}",
+        f"soak: {args.minutes:g} min at {args.width}x{args.height}@{args.fps}, {requests} "
+        f"(seed {args.seed}), max_bytes {args.max_bytes}; in {work}",
         flush=True,
     )
     broker = MosquittoBroker(work / "broker")

@@ -161,14 +161,13 @@ class _StreamSink:
     def __init__(self, out: Writable, digest_of_out: Callable[[], str] | None) -> None:
         self._out = out
         self._digest_of_out = digest_of_out
-        self._hashing = digest_of_out is None
         self._hash = hashlib.sha256()
         self._unhashed: list[bytes | memoryview] = []
         self.bytes = 0
 
     def write(self, data: bytes | memoryview) -> int:
         self._out.write(data)
-        if self._hashing:
+        if self._digest_of_out is None:  # hashed here, not by out
             self._unhashed.append(data)
         self.bytes += len(data)
         return len(data)
